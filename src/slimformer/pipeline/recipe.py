@@ -1,0 +1,162 @@
+"""The recipe schema: YAML in, typed config out, errors with their path in the file.
+
+    stages.0.distill.temperature | Input should be greater than 0 | -1
+"""
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, Field, ValidationError, model_validator
+
+from slimformer.config import StrictConfig
+from slimformer.data.config import DataConfig
+from slimformer.errors import RecipeError
+from slimformer.methods.distill.objective import DistillLossConfig
+from slimformer.models.student import StudentConfig
+from slimformer.train.config import TrainConfig
+
+
+class TeacherConfig(StrictConfig):
+    model: str = Field(description="folder, hub id, or package:NAME/folder")
+    trust_remote_code: bool = False
+
+
+class DistillStage(TrainConfig, DistillLossConfig):
+    """Train the student on the teacher's soft targets mixed with the hard labels."""
+
+
+class FinetuneStage(TrainConfig):
+    """Train on hard labels only (a teacher from a backbone, or a student without KD)."""
+
+    hard: Literal["ce", "mse"] | None = Field(None, description="default: ce, mse if regression")
+
+
+class StageEntry(StrictConfig):
+    """One list item: exactly one of ``distill:`` / ``finetune:``."""
+
+    distill: DistillStage | None = None
+    finetune: FinetuneStage | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "StageEntry":
+        if sum(v is not None for v in (self.distill, self.finetune)) != 1:
+            raise ValueError("each stage must have exactly one key: distill or finetune")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return "distill" if self.distill is not None else "finetune"
+
+    @property
+    def config(self) -> DistillStage | FinetuneStage:
+        return self.distill if self.distill is not None else self.finetune
+
+
+class ReportConfig(StrictConfig):
+    batch_sizes: list[int] = Field([1, 32], min_length=1)
+    seq_len: int = Field(64, gt=0)
+    repeats: int = Field(10, gt=0)
+
+
+class Recipe(StrictConfig):
+    task: Literal["sequence-classification", "sentence-embedding"] = "sequence-classification"
+    seed: int = 0
+    teacher: TeacherConfig | None = None
+    student: StudentConfig = StudentConfig()
+    data: DataConfig
+    labels: list[str] | None = Field(None, description="label names in id order (finetune)")
+    stages: list[StageEntry] = Field(min_length=1)
+    report: ReportConfig = ReportConfig()
+    cache_dir: str | None = Field(None, description="teacher-output cache; default "
+                                  "$SLIMFORMER_CACHE or ~/.cache/slimformer")
+
+    @model_validator(mode="after")
+    def _teacher_when_distilling(self) -> "Recipe":
+        if self.teacher is None and any(s.kind == "distill" for s in self.stages):
+            raise ValueError("a distill stage needs a teacher: add `teacher: {model: ...}`")
+        if self.teacher is None and self.student.model is None:
+            raise ValueError("without a teacher, set student.model to the model to fine-tune")
+        return self
+
+
+def _allowed_keys(model: type[BaseModel], loc: tuple) -> list[str] | None:
+    """Field names of the config class found at ``loc`` (for 'unknown key' hints)."""
+    cls: Any = model
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = getattr(cls, "model_fields", {}).get(part)
+        if field is None:
+            return None
+        ann = field.annotation
+        for cand in getattr(ann, "__args__", ()) + (ann,):
+            inner = getattr(cand, "__args__", ())
+            for c in (cand, *inner):
+                if isinstance(c, type) and issubclass(c, BaseModel):
+                    cls = c
+                    break
+            else:
+                continue
+            break
+    return sorted(getattr(cls, "model_fields", {})) or None
+
+
+def format_validation_error(err: ValidationError, source: str) -> str:
+    lines = [f"Invalid recipe {source}:"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"])
+        value = e.get("input")
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            allowed = _allowed_keys(Recipe, e["loc"][:-1])
+            msg = "unknown key" + (f"; allowed here: {', '.join(allowed)}" if allowed else "")
+            value = e["loc"][-1]
+        shown = repr(value) if not isinstance(value, dict) else "{...}"
+        lines.append(f"  {loc or '(top)'} | {msg} | {shown[:80]}")
+    return "\n".join(lines)
+
+
+def set_by_path(tree: dict, dotted: str, value: Any) -> None:
+    """Apply a CLI override ``a.b.0.c=value`` to the raw recipe tree."""
+    parts = dotted.split(".")
+    node: Any = tree
+    for i, part in enumerate(parts[:-1]):
+        key: Any = int(part) if isinstance(node, list) else part
+        if isinstance(node, dict) and key not in node:
+            node[key] = [] if parts[i + 1].isdigit() else {}
+        node = node[key]
+    last: Any = int(parts[-1]) if isinstance(node, list) else parts[-1]
+    node[last] = value
+
+
+def parse_recipe(tree: dict, source: str = "<recipe>") -> Recipe:
+    if not isinstance(tree, dict):
+        raise RecipeError(f"Recipe {source} must be a YAML mapping, got {type(tree).__name__}.")
+    try:
+        return Recipe.model_validate(tree)
+    except ValidationError as e:
+        raise RecipeError(format_validation_error(e, source)) from None
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Read YAML, apply ``key.path=value`` overrides (values parsed as YAML), validate."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"Recipe file {str(path)!r} does not exist.")
+    try:
+        tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise RecipeError(f"Recipe {path} is not valid YAML: {e}") from None
+    for item in overrides or []:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise RecipeError(f"Override {item!r} must look like key.path=value "
+                              f"(e.g. stages.0.distill.epochs=1).")
+        set_by_path(tree, key.strip(), yaml.safe_load(raw))
+    return parse_recipe(tree, str(path))
+
+
+def dump_recipe(recipe: Recipe) -> str:
+    """The resolved recipe (defaults filled in), as saved in the run folder."""
+    return yaml.safe_dump(recipe.model_dump(mode="json", exclude_none=True), sort_keys=False)

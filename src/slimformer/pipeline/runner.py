@@ -1,0 +1,132 @@
+"""``slimformer run``: the stages of a recipe, into a run folder written atomically.
+
+Work happens in ``DIR.incomplete/``; only a finished run is renamed to ``DIR``. ``--resume``
+continues an interrupted one: finished stages are skipped, the current one resumes from its last
+checkpoint. Layout of a finished run::
+
+    DIR/model/        save_pretrained + tokenizer (the recipe's final model)
+    DIR/recipe.yaml   the resolved recipe
+    DIR/report.json   teacher vs student
+    DIR/logs/         TensorBoard, one sub-folder per stage
+    DIR/stages/       per-stage outputs and checkpoints
+"""
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from slimformer.errors import OutputExistsError
+from slimformer.eval.predict import evaluate
+from slimformer.pipeline.context import RunContext, build_context, teacher_eval_values
+from slimformer.pipeline.recipe import Recipe, dump_recipe
+from slimformer.pipeline.report import build_report
+from slimformer.pipeline.stages import STAGES
+from slimformer.utils.atomic import write_json_atomic, write_text_atomic
+
+log = logging.getLogger("slimformer")
+DONE = "stage_done.json"
+
+
+def work_dir_of(output: Path) -> Path:
+    return output.with_name(output.name + ".incomplete")
+
+
+def check_output(output: Path, resume: bool, overwrite: bool) -> Path:
+    """Decide where to work, refusing to clobber anything unless told to."""
+    work = work_dir_of(output)
+    if output.exists() and not overwrite:
+        raise OutputExistsError(f"Output folder {output} already exists. Pass --overwrite to "
+                                f"replace it, or choose another --output.")
+    if work.exists() and not (resume or overwrite):
+        raise OutputExistsError(f"An interrupted run is in {work}. Pass --resume to continue "
+                                f"it, or --overwrite to start again.")
+    if overwrite and not resume:
+        shutil.rmtree(work, ignore_errors=True)
+    return work
+
+
+def run_recipe(recipe: Recipe, output: str | Path, resume: bool = False,
+               overwrite: bool = False, cache_dir: str | None = None) -> dict:
+    output = Path(output)
+    work = check_output(output, resume, overwrite)
+    ctx = build_context(recipe, cache_dir)  # all input checks happen here, before training
+    work.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(work / "recipe.yaml", dump_recipe(recipe))
+
+    model_dir, summaries = None, []
+    for i, entry in enumerate(recipe.stages):
+        stage_dir = work / "stages" / f"{i}-{entry.kind}"
+        done = stage_dir / DONE
+        if done.exists():
+            info = json.loads(done.read_text())
+            log.info("stage %d (%s) already finished; skipping", i, entry.kind)
+        else:
+            model = (ctx.initial_student() if model_dir is None
+                     else ctx.task.load_model(str(model_dir)))
+            log.info("stage %d: %s", i, entry.kind)
+            out_dir, info = STAGES.get(entry.kind)(ctx, entry.config, model, stage_dir, resume)
+            info = {"stage": i, "kind": entry.kind, "model_dir": str(out_dir.relative_to(work)),
+                    **info}
+            write_json_atomic(done, info)
+        model_dir = work / info["model_dir"]
+        summaries.append(info)
+
+    report = final_report(ctx, model_dir, summaries)
+    final_model = work / "model"
+    shutil.rmtree(final_model, ignore_errors=True)
+    shutil.copytree(model_dir, final_model)
+    report["student"]["model"] = "model/"
+    write_json_atomic(work / "report.json", report)
+    _gather_logs(work)
+    if output.exists():
+        shutil.rmtree(output)
+    work.rename(output)
+    log.info("run finished: %s", output)
+    return report
+
+
+def final_report(ctx: RunContext, model_dir: Path, stages: list[dict]) -> dict:
+    student = ctx.task.load_model(str(model_dir)).eval()
+    teacher_entry, reference = None, None
+    if ctx.teacher_ref:
+        reference = teacher_eval_values(ctx)
+        teacher_metrics = ctx.task.metrics(reference, _labels(ctx), reference)
+        teacher_entry = (ctx.teacher_ref, ctx.load_teacher(), _teacher_folder(ctx),
+                         teacher_metrics)
+    metrics = evaluate(student, ctx.task, ctx.eval_ds, ctx.collate, reference)
+    r = ctx.recipe.report
+    report = build_report(ctx.task.name, teacher_entry,
+                          (str(model_dir), student, model_dir, metrics), stages,
+                          r.batch_sizes, r.seq_len, r.repeats)
+    report["student"]["init"] = ctx.student_info
+    if ctx.task.primary_metric == "fidelity":
+        report["fidelity"] = metrics.get("fidelity")
+    elif teacher_entry is not None and ctx.task.primary_metric in metrics:
+        m = ctx.task.primary_metric
+        report["retained"] = round(metrics[m] / teacher_entry[3][m], 4)
+    return report
+
+
+def _labels(ctx: RunContext):
+    return np.asarray(ctx.eval_ds["labels"]) if "labels" in ctx.eval_ds.column_names else None
+
+
+def _teacher_folder(ctx: RunContext) -> Path:
+    path = Path(ctx.teacher_ref)
+    if path.is_dir():
+        return path
+    from huggingface_hub import snapshot_download  # hub teacher: measure its cached files
+
+    return Path(snapshot_download(ctx.teacher_ref))
+
+
+def _gather_logs(work: Path) -> None:
+    """Collect each stage's TensorBoard logs under DIR/logs/<stage>/."""
+    logs = work / "logs"
+    for stage_logs in sorted((work / "stages").glob("*/logs")):
+        target = logs / stage_logs.parent.name
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.copytree(stage_logs, target)

@@ -1,0 +1,11 @@
+"""One file per task shape; ``get_task(name)`` returns the registered one."""
+
+from slimformer.tasks import sentence_embedding, sequence_classification  # noqa: F401  (register)
+from slimformer.tasks.base import TASKS, Aligned, Task
+
+
+def get_task(name: str) -> Task:
+    return TASKS.get(name)()
+
+
+__all__ = ["TASKS", "Aligned", "Task", "get_task"]

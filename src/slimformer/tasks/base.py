@@ -1,0 +1,80 @@
+"""What differs between task shapes, in one place.
+
+A task says how to load its model, how to read and tokenize data, and which outputs are
+*aligned* between teacher and student (per sequence, per token, per next token) with a mask of
+valid positions. Losses take aligned tensors and a mask and know nothing about tasks, so one
+temperature KL serves sentence logits, token tags and next-token distributions.
+"""
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import datasets
+import numpy as np
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from slimformer.data.config import DataConfig
+from slimformer.registry import Registry
+
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+@dataclass
+class Aligned:
+    """Outputs compared position by position: ``values`` (N, D) and ``mask`` (N,) bool."""
+
+    values: torch.Tensor
+    mask: torch.Tensor
+
+
+class Task(ABC):
+    name: str
+    primary_metric: str
+    auto_class: type
+
+    def load_model(self, ref: str, trust_remote_code: bool = False) -> PreTrainedModel:
+        return self.auto_class.from_pretrained(ref, trust_remote_code=trust_remote_code)
+
+    @abstractmethod
+    def raw_splits(self, data: DataConfig, seed: int) -> tuple[datasets.Dataset,
+                                                                datasets.Dataset]:
+        """Untokenized (train, eval) datasets, validated (columns exist, not empty)."""
+
+    @abstractmethod
+    def prepare(self, ds: datasets.Dataset, tokenizer: PreTrainedTokenizerBase,
+                data: DataConfig, model_config, split: str) -> datasets.Dataset:
+        """Tokenize (cached by datasets) and map labels; adds ``idx`` for the teacher cache."""
+
+    @abstractmethod
+    def forward(self, model: PreTrainedModel, batch: dict) -> Aligned:
+        """Run the model on a batch and return the outputs that KD aligns."""
+
+    def hard_targets(self, batch: dict) -> torch.Tensor | None:
+        return batch.get("labels")
+
+    @abstractmethod
+    def metrics(self, values: np.ndarray, labels: np.ndarray | None,
+                reference: np.ndarray | None) -> dict[str, float]:
+        """Task metrics from aligned outputs; ``reference`` = the teacher's, for fidelity."""
+
+
+TASKS: Registry[type[Task]] = Registry("task")
+
+
+def model_inputs(batch: dict) -> dict:
+    return {k: v for k, v in batch.items() if k in MODEL_INPUTS}
+
+
+def tokenize(ds: datasets.Dataset, tokenizer: PreTrainedTokenizerBase, text: str,
+             pair: str | None, max_length: int, keep: list[str]) -> datasets.Dataset:
+    """Tokenize without padding (the collator pads per batch); datasets caches the result."""
+
+    def encode(rows):
+        texts = [str(t).strip() for t in rows[text]]
+        pairs = [str(t).strip() for t in rows[pair]] if pair else None
+        return tokenizer(texts, pairs, truncation=True, max_length=max_length)
+
+    drop = [c for c in ds.column_names if c not in keep]
+    ds = ds.map(encode, batched=True, remove_columns=drop, desc="tokenizing")
+    return ds.add_column("idx", list(range(len(ds))))

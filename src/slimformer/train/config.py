@@ -1,0 +1,23 @@
+"""The training loop's settings (shared by finetune and distill stages)."""
+
+from typing import Literal
+
+from pydantic import Field
+
+from slimformer.config import StrictConfig
+
+
+class TrainConfig(StrictConfig):
+    epochs: float = Field(3.0, gt=0)
+    max_steps: int | None = Field(None, gt=0, description="stop after this many optimizer steps")
+    batch_size: int = Field(32, gt=0)
+    eval_batch_size: int = Field(128, gt=0)
+    learning_rate: float = Field(5e-5, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_ratio: float = Field(0.06, ge=0, lt=1)
+    max_grad_norm: float | None = Field(1.0, gt=0)
+    grad_accum: int = Field(1, ge=1)
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    eval_every: int | None = Field(None, gt=0, description="steps; default: end of each epoch")
+    save_every: int = Field(200, gt=0, description="checkpoint every N optimizer steps")
+    log_every: int = Field(20, gt=0)

@@ -1,0 +1,155 @@
+"""The one training loop. It knows nothing about tasks or KD: it takes a model, data and a
+``loss_fn(model, batch, progress) -> (loss, logs)`` and handles optimisation, evaluation,
+best-checkpoint selection, checkpoints/--resume, progress and TensorBoard, on Accelerate (so
+``accelerate launch`` runs it on several GPUs or machines unchanged)."""
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import datasets
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel, get_linear_schedule_with_warmup
+
+from slimformer.data.batching import LengthGroupedBatchSampler
+from slimformer.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from slimformer.train.config import TrainConfig
+from slimformer.utils.atomic import atomic_dir
+
+LossFn = Callable[[PreTrainedModel, dict, float], tuple[torch.Tensor, dict[str, float]]]
+EvalFn = Callable[[PreTrainedModel], dict[str, float]]
+
+
+@dataclass
+class TrainResult:
+    model_dir: Path                  # best (if evaluated) or final weights, save_pretrained
+    steps: int
+    evals: list[dict] = field(default_factory=list)
+    epoch_seconds: list[float] = field(default_factory=list)
+    best: dict | None = None
+    resumed_from: int | None = None
+
+
+def _optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW without weight decay on biases and norms (the usual BERT recipe)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
+    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.learning_rate)
+
+
+def _save_model(accelerator: Accelerator, model, target: Path, tokenizer=None) -> None:
+    if accelerator.is_main_process:
+        with atomic_dir(target) as tmp:
+            accelerator.unwrap_model(model).save_pretrained(tmp, safe_serialization=True)
+            if tokenizer is not None:
+                tokenizer.save_pretrained(tmp)
+    accelerator.wait_for_everyone()
+
+
+def train(model: PreTrainedModel, train_ds: datasets.Dataset, collate: Callable,
+          loss_fn: LossFn, cfg: TrainConfig, out_dir: Path, seed: int,
+          evaluate: EvalFn | None = None, primary_metric: str | None = None,
+          resume: bool = False, tokenizer=None, on_step: Callable[[], None] | None = None,
+          desc: str = "train") -> TrainResult:
+    out_dir = Path(out_dir)
+    set_seed(seed)
+    accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum,
+                              mixed_precision=cfg.mixed_precision, log_with="tensorboard",
+                              project_dir=str(out_dir / "logs"))
+    sampler = LengthGroupedBatchSampler([len(x) for x in train_ds["input_ids"]],
+                                        cfg.batch_size, seed)
+    loader = DataLoader(train_ds, batch_sampler=sampler, collate_fn=collate)
+    steps_per_epoch = math.ceil(len(sampler) / cfg.grad_accum)
+    total = cfg.max_steps or math.ceil(cfg.epochs * steps_per_epoch)
+    optimizer = _optimizer(model, cfg)
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total), total)
+    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+
+    state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "best": None, "evals": [],
+             "epoch_seconds": []}
+    resumed_from = None
+    ckpt = latest_checkpoint(out_dir / "checkpoints") if resume else None
+    if ckpt is not None:
+        state = load_checkpoint(accelerator, ckpt)
+        resumed_from = state["step"]
+        accelerator.print(f"Resumed from {ckpt} (step {state['step']}/{total}).")
+    accelerator.init_trackers(desc, config={k: v for k, v in cfg.model_dump().items()
+                                            if isinstance(v, int | float | str | bool)})
+
+    def run_eval() -> None:
+        metrics = evaluate(accelerator.unwrap_model(model))
+        model.train()
+        record = {"step": state["step"], **metrics}
+        state["evals"].append(record)
+        accelerator.log({f"eval/{k}": v for k, v in metrics.items()}, step=state["step"])
+        score = metrics.get(primary_metric, float("-inf"))
+        if state["best"] is None or score > state["best"][primary_metric]:
+            state["best"] = record
+            _save_model(accelerator, model, out_dir / "best", tokenizer)
+        bar.write(f"eval step {state['step']}: " + ", ".join(f"{k}={v:.4f}" for k, v in
+                                                              metrics.items()))
+
+    model.train()
+    bar = tqdm(total=total, initial=state["step"], desc=desc, unit="step", dynamic_ncols=True,
+               disable=not accelerator.is_local_main_process)
+    while state["step"] < total:
+        sampler.set_epoch(state["epoch"])
+        skip = state["batch_in_epoch"]
+        batches = accelerator.skip_first_batches(loader, skip) if skip else loader
+        started = time.perf_counter()
+        for batch in batches:
+            with accelerator.accumulate(model):
+                loss, logs = loss_fn(model, batch, state["step"] / total)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and cfg.max_grad_norm:
+                    accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
+            state["batch_in_epoch"] += 1
+            if not accelerator.sync_gradients:
+                continue
+            state["step"] += 1
+            bar.update(1)
+            if on_step is not None:
+                on_step()
+            if state["step"] % cfg.log_every == 0:
+                logs = {"train/loss": float(loss), "train/lr": scheduler.get_last_lr()[0],
+                        **{f"train/{k}": v for k, v in logs.items()}}
+                accelerator.log(logs, step=state["step"])
+                bar.set_postfix(loss=f"{float(loss):.4f}")
+            if evaluate and cfg.eval_every and state["step"] % cfg.eval_every == 0:
+                run_eval()
+            if state["step"] % cfg.save_every == 0 or state["step"] == total:
+                save_checkpoint(accelerator, out_dir / "checkpoints", state)
+            if state["step"] >= total:
+                break
+        else:  # the epoch ran to its end
+            state["epoch_seconds"].append(time.perf_counter() - started)
+            accelerator.print(f"epoch {state['epoch'] + 1} took "
+                              f"{state['epoch_seconds'][-1]:.1f}s"
+                              + (f" (resumed after {skip} batches)" if skip else ""))
+            state["epoch"] += 1
+            state["batch_in_epoch"] = 0
+            if evaluate and not cfg.eval_every:
+                run_eval()
+            save_checkpoint(accelerator, out_dir / "checkpoints", state)
+    bar.close()
+    if evaluate and (not state["evals"] or state["evals"][-1]["step"] != state["step"]):
+        run_eval()
+    if not evaluate:
+        _save_model(accelerator, model, out_dir / "final", tokenizer)
+    accelerator.end_training()
+    return TrainResult(model_dir=out_dir / ("best" if evaluate else "final"),
+                       steps=state["step"], evals=state["evals"],
+                       epoch_seconds=state["epoch_seconds"], best=state["best"],
+                       resumed_from=resumed_from)
