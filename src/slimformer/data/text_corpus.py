@@ -1,8 +1,15 @@
-"""Unlabeled text as a Dataset of sentences: plain text files, or the Python docs that every
-Python install ships (``stdlib:pydoc_data.topics``), so the quickstart needs no download."""
+"""Unlabeled text as a Dataset of sentences: plain text files, or the English prose that every
+Python install ships, so the quickstart needs no download:
 
+- ``stdlib:pydoc_data.topics``: the language reference topics (~2k sentences);
+- ``stdlib:docstrings``: docstrings of the standard library, read with ``ast`` (never imported);
+- ``stdlib:python-docs``: both (~18k sentences).
+"""
+
+import ast
 import random
 import re
+import sysconfig
 from pathlib import Path
 
 import datasets
@@ -11,6 +18,8 @@ from slimformer.data.readers import check_utf8
 from slimformer.errors import DataError
 
 STDLIB_TOPICS = "stdlib:pydoc_data.topics"
+STDLIB_DOCSTRINGS = "stdlib:docstrings"
+STDLIB_ALL = "stdlib:python-docs"
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
 
 
@@ -38,15 +47,38 @@ def stdlib_topic_paragraphs() -> list[str]:
     return paragraphs
 
 
+def stdlib_docstring_paragraphs() -> list[str]:
+    """Prose paragraphs of standard-library docstrings, parsed from source (tests excluded)."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    paragraphs = []
+    for path in sorted(root.rglob("*.py")):
+        if {"test", "tests", "site-packages", "idlelib"} & set(path.parts):
+            continue
+        try:
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+        except (SyntaxError, UnicodeDecodeError, ValueError):
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef |
+                          ast.AsyncFunctionDef) and (doc := ast.get_docstring(node)):
+                paragraphs += [p for p in re.split(r"\n\s*\n", doc)
+                               if not p.startswith((" ", "\t", ">>>"))]
+    return paragraphs
+
+
 def corpus_sentences(source: str) -> list[str]:
     """Sentences of a corpus, in document order (neighbours are related: used for eval pairs)."""
     if source == STDLIB_TOPICS:
         paragraphs = stdlib_topic_paragraphs()
+    elif source == STDLIB_DOCSTRINGS:
+        paragraphs = stdlib_docstring_paragraphs()
+    elif source == STDLIB_ALL:
+        paragraphs = stdlib_topic_paragraphs() + stdlib_docstring_paragraphs()
     else:
         path = Path(source)
         if not path.is_file():
             raise DataError(f"Text corpus {source!r} does not exist. Give a plain-text file or "
-                            f"{STDLIB_TOPICS!r}.")
+                            f"one of {STDLIB_TOPICS!r}, {STDLIB_DOCSTRINGS!r}, {STDLIB_ALL!r}.")
         check_utf8(path)
         paragraphs = re.split(r"\n\s*\n", path.read_text(encoding="utf-8"))
     sentences = [s for p in paragraphs for s in split_sentences(p)]

