@@ -24,10 +24,17 @@ def bundled_minilm() -> Path:
 
 
 def tiny_config(**kw) -> BertConfig:
-    base = dict(vocab_size=30522, hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
-                intermediate_size=64, max_position_embeddings=128, num_labels=2,
-                id2label={0: "negative", 1: "positive"},
-                label2id={"negative": 0, "positive": 1})
+    base = dict(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=128,
+        num_labels=2,
+        id2label={0: "negative", 1: "positive"},
+        label2id={"negative": 0, "positive": 1},
+    )
     base.update(kw)
     return BertConfig(**base)
 
@@ -65,12 +72,26 @@ def cache_dir(tmp_path) -> Path:
 
 
 def sst2_recipe(teacher: Path, data: dict[str, Path], **stage) -> dict:
-    distill = {"epochs": 1, "batch_size": 16, "learning_rate": 1e-3, "save_every": 5,
-               "temperature": 2.0, "alpha": 0.5}
+    distill = {
+        "epochs": 1,
+        "batch_size": 16,
+        "learning_rate": 1e-3,
+        "save_every": 5,
+        "temperature": 2.0,
+        "alpha": 0.5,
+    }
     distill.update(stage)
-    return {"task": "sequence-classification", "seed": 0, "teacher": {"model": str(teacher)},
-            "student": {"layers": 2},
-            "data": {"train": str(data["train"]), "eval": str(data["dev"]),
-                     "text_column": "sentence", "max_length": 64},
-            "stages": [{"distill": distill}],
-            "report": {"repeats": 2, "batch_sizes": [1, 4], "seq_len": 16}}
+    return {
+        "task": "sequence-classification",
+        "seed": 0,
+        "teacher": {"model": str(teacher)},
+        "student": {"layers": 2},
+        "data": {
+            "train": str(data["train"]),
+            "eval": str(data["dev"]),
+            "text_column": "sentence",
+            "max_length": 64,
+        },
+        "stages": [{"distill": distill}],
+        "report": {"repeats": 2, "batch_sizes": [1, 4], "seq_len": 16},
+    }

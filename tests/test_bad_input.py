@@ -3,8 +3,8 @@
 import shutil
 
 import pytest
-from transformers import PreTrainedTokenizerFast
 from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast
 
 from slimformer.errors import DataError, ModelError, OutputExistsError, RecipeError
 from slimformer.pipeline.context import build_context
@@ -89,8 +89,13 @@ def test_student_with_another_tokenizer(tiny_teacher, sst2_slice, tmp_path):
     vocab = {"[UNK]": 0, "[PAD]": 1, "[CLS]": 2, "[SEP]": 3, "hello": 4}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]",
-                            cls_token="[CLS]", sep_token="[SEP]").save_pretrained(other)
+    PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+    ).save_pretrained(other)
     tree = sst2_recipe(tiny_teacher, sst2_slice)
     tree["student"] = {"model": str(other)}
     with pytest.raises(ModelError, match="different tokenizer"):
@@ -113,8 +118,9 @@ def test_cli_prints_one_paragraph_not_a_traceback(tmp_path, capsys):
     from slimformer.cli import main
 
     recipe = tmp_path / "r.yaml"
-    recipe.write_text("data: {train: x}\nstages: [{distill: {temperature: -1}}]\n"
-                      "teacher: {model: t}\n")
+    recipe.write_text(
+        "data: {train: x}\nstages: [{distill: {temperature: -1}}]\nteacher: {model: t}\n"
+    )
     assert main(["run", str(recipe), "--output", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: Invalid recipe") and "Traceback" not in err

@@ -16,9 +16,8 @@ def softmax(xs):
 def test_kl_matches_hand_computed_with_temperature():
     s, t, temp = [1.0, 2.0], [3.0, 0.0], 2.0
     ps, pt = softmax([x / temp for x in s]), softmax([x / temp for x in t])
-    expected = temp**2 * sum(p * (math.log(p) - math.log(q)) for p, q in zip(pt, ps))
-    got = SOFT_LOSSES.get("kl")(torch.tensor([s]), torch.tensor([t]),
-                               torch.tensor([True]), temp)
+    expected = temp**2 * sum(p * (math.log(p) - math.log(q)) for p, q in zip(pt, ps, strict=True))
+    got = SOFT_LOSSES.get("kl")(torch.tensor([s]), torch.tensor([t]), torch.tensor([True]), temp)
     assert got.item() == pytest.approx(expected, rel=1e-6)
 
 
@@ -52,8 +51,9 @@ def test_cosine_distance():
 
 
 def test_all_masked_gives_zero_not_nan():
-    got = SOFT_LOSSES.get("kl")(torch.randn(3, 4), torch.randn(3, 4),
-                               torch.zeros(3, dtype=torch.bool), 2.0)
+    got = SOFT_LOSSES.get("kl")(
+        torch.randn(3, 4), torch.randn(3, 4), torch.zeros(3, dtype=torch.bool), 2.0
+    )
     assert got.item() == 0.0
 
 

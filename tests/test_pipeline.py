@@ -18,8 +18,7 @@ def run(tree, out, cache_dir, **kw):
     return run_recipe(parse_recipe(tree), out, cache_dir=str(cache_dir), **kw)
 
 
-def test_run_folder_report_and_transformers_loading(tiny_teacher, sst2_slice, tmp_path,
-                                                    cache_dir):
+def test_run_folder_report_and_transformers_loading(tiny_teacher, sst2_slice, tmp_path, cache_dir):
     out = tmp_path / "run"
     report = run(sst2_recipe(tiny_teacher, sst2_slice), out, cache_dir)
     assert (out / "recipe.yaml").exists() and (out / "logs").is_dir()
@@ -48,8 +47,9 @@ def test_second_run_never_runs_the_teacher(tiny_teacher, sst2_slice, tmp_path, c
     assert second["student"]["metrics"] == first["student"]["metrics"]
 
 
-def test_resume_after_interruption_matches_uninterrupted(tiny_teacher, sst2_slice, tmp_path,
-                                                         cache_dir, monkeypatch):
+def test_resume_after_interruption_matches_uninterrupted(
+    tiny_teacher, sst2_slice, tmp_path, cache_dir, monkeypatch
+):
     tree = sst2_recipe(tiny_teacher, sst2_slice, epochs=2, save_every=5)
     straight = run(tree, tmp_path / "straight", cache_dir)
 
@@ -77,37 +77,60 @@ def test_resume_after_interruption_matches_uninterrupted(tiny_teacher, sst2_slic
     resumed = run(tree, out, cache_dir, resume=True)
     assert resumed["stages"][0]["resumed_from_step"] == 10
     assert resumed["student"]["metrics"]["accuracy"] == pytest.approx(
-        straight["student"]["metrics"]["accuracy"], abs=0.003)
+        straight["student"]["metrics"]["accuracy"], abs=0.003
+    )
     a = AutoModelForSequenceClassification.from_pretrained(tmp_path / "straight" / "model")
     b = AutoModelForSequenceClassification.from_pretrained(out / "model")
-    for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values()):
+    for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
         assert torch.allclose(pa, pb, atol=1e-5), name
 
 
 def test_finetune_from_backbone_then_distill(tiny_teacher, sst2_slice, tmp_path, cache_dir):
     from slimformer import api
 
-    report = api.finetune(str(tiny_teacher), str(sst2_slice["train"]), tmp_path / "ft",
-                          eval=str(sst2_slice["dev"]), labels=["negative", "positive"],
-                          text_column="sentence", epochs=1, batch_size=32,
-                          cache_dir=str(cache_dir))
+    report = api.finetune(
+        str(tiny_teacher),
+        str(sst2_slice["train"]),
+        tmp_path / "ft",
+        eval=str(sst2_slice["dev"]),
+        labels=["negative", "positive"],
+        text_column="sentence",
+        epochs=1,
+        batch_size=32,
+        cache_dir=str(cache_dir),
+    )
     assert report["teacher"] is None and "accuracy" in report["student"]["metrics"]
-    out = api.distill(str(tmp_path / "ft" / "model"), str(sst2_slice["train"]),
-                      tmp_path / "kd", eval=str(sst2_slice["dev"]), layers=1,
-                      text_column="sentence", epochs=1, cache_dir=str(cache_dir))
+    out = api.distill(
+        str(tmp_path / "ft" / "model"),
+        str(sst2_slice["train"]),
+        tmp_path / "kd",
+        eval=str(sst2_slice["dev"]),
+        layers=1,
+        text_column="sentence",
+        epochs=1,
+        cache_dir=str(cache_dir),
+    )
     assert out["speedup"]["bs32"] > 0
 
 
 def test_sentence_embedding_task_reports_fidelity(tmp_path, cache_dir):
     from tests.conftest import bundled_minilm
 
-    tree = {"task": "sentence-embedding", "teacher": {"model": str(bundled_minilm())},
-            "student": {"layers": 2},
-            "data": {"train": "stdlib:pydoc_data.topics", "eval_pairs": 40,
-                     "max_train_examples": 64, "max_length": 32},
-            "stages": [{"distill": {"soft": "mse", "hard": None, "alpha": 1.0, "epochs": 1,
-                                    "batch_size": 16}}],
-            "report": {"repeats": 1, "batch_sizes": [1], "seq_len": 8}}
+    tree = {
+        "task": "sentence-embedding",
+        "teacher": {"model": str(bundled_minilm())},
+        "student": {"layers": 2},
+        "data": {
+            "train": "stdlib:pydoc_data.topics",
+            "eval_pairs": 40,
+            "max_train_examples": 64,
+            "max_length": 32,
+        },
+        "stages": [
+            {"distill": {"soft": "mse", "hard": None, "alpha": 1.0, "epochs": 1, "batch_size": 16}}
+        ],
+        "report": {"repeats": 1, "batch_sizes": [1], "seq_len": 8},
+    }
     report = run(tree, tmp_path / "emb", cache_dir)
     assert 0 < report["fidelity"] <= 1 and report["teacher"]["metrics"]["fidelity"] == 1.0
     assert report["speedup"]["bs1"] > 0

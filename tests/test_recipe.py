@@ -12,8 +12,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def base() -> dict:
-    return {"teacher": {"model": "some/teacher"}, "student": {"layers": 3},
-            "data": {"train": "train.tsv"}, "stages": [{"distill": {"epochs": 1}}]}
+    return {
+        "teacher": {"model": "some/teacher"},
+        "student": {"layers": 3},
+        "data": {"train": "train.tsv"},
+        "stages": [{"distill": {"epochs": 1}}],
+    }
 
 
 def error_of(tree: dict) -> str:
@@ -74,8 +78,8 @@ def test_stage_needs_exactly_one_kind():
 def test_overrides_and_resolved_dump(tmp_path):
     path = tmp_path / "r.yaml"
     path.write_text(yaml.safe_dump(base()))
-    recipe = load_recipe(path, ["stages.0.distill.epochs=2", "seed=7",
-                                "stages.0.distill.temperature={schedule: linear, start: 5, end: 1}"])
+    schedule = "stages.0.distill.temperature={schedule: linear, start: 5, end: 1}"
+    recipe = load_recipe(path, ["stages.0.distill.epochs=2", "seed=7", schedule])
     assert recipe.stages[0].distill.epochs == 2 and recipe.seed == 7
     assert recipe.stages[0].distill.temperature.start == 5
     again = parse_recipe(yaml.safe_load(dump_recipe(recipe)))

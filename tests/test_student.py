@@ -5,14 +5,25 @@ import torch
 from transformers import BertForSequenceClassification
 
 from slimformer.errors import ModelError, RecipeError
-from slimformer.models.student import (StudentConfig, copy_layers, derive_student,
-                                       evenly_spaced_layers)
+from slimformer.models.student import (
+    StudentConfig,
+    copy_layers,
+    derive_student,
+    evenly_spaced_layers,
+)
 
 
-@pytest.mark.parametrize("teacher,student,expected", [
-    (6, 3, [0, 3, 5]), (12, 6, [0, 2, 4, 7, 9, 11]), (6, 1, [5]), (4, 4, [0, 1, 2, 3]),
-    (12, 4, [0, 4, 7, 11]), (30, 2, [0, 29]),
-])
+@pytest.mark.parametrize(
+    "teacher,student,expected",
+    [
+        (6, 3, [0, 3, 5]),
+        (12, 6, [0, 2, 4, 7, 9, 11]),
+        (6, 1, [5]),
+        (4, 4, [0, 1, 2, 3]),
+        (12, 4, [0, 4, 7, 11]),
+        (30, 2, [0, 29]),
+    ],
+)
 def test_evenly_spaced_layers(teacher, student, expected):
     assert evenly_spaced_layers(teacher, student) == expected
 
@@ -32,8 +43,10 @@ def test_copy_layers_copies_weights_and_reindexes(tiny_teacher):
         t_w = teacher.bert.encoder.layer[t_i].attention.self.query.weight
         assert torch.equal(s_w, t_w)
     assert torch.equal(student.classifier.weight, teacher.classifier.weight)
-    assert torch.equal(student.bert.embeddings.word_embeddings.weight,
-                       teacher.bert.embeddings.word_embeddings.weight)
+    assert torch.equal(
+        student.bert.embeddings.word_embeddings.weight,
+        teacher.bert.embeddings.word_embeddings.weight,
+    )
 
 
 def test_copying_every_layer_reproduces_the_teacher(tiny_teacher):
@@ -45,8 +58,9 @@ def test_copying_every_layer_reproduces_the_teacher(tiny_teacher):
 
 def test_narrower_random_student(tiny_teacher):
     teacher = BertForSequenceClassification.from_pretrained(tiny_teacher)
-    student, info = derive_student(teacher, StudentConfig(layers=2, hidden_size=16, num_heads=2,
-                                                          intermediate_size=32))
+    student, info = derive_student(
+        teacher, StudentConfig(layers=2, hidden_size=16, num_heads=2, intermediate_size=32)
+    )
     assert info["init"] == "random"
     assert student.config.hidden_size == 16 and student.config.num_hidden_layers == 2
     assert student.bert.encoder.layer[0].intermediate.dense.weight.shape == (32, 16)

@@ -1,3 +1,3 @@
-"""slimformer: make Transformer NLP models small and fast, measured side by side with the teacher."""
+"""slimformer: make Transformer NLP models small and fast, measured beside the teacher."""
 
 __version__ = "0.1.0"

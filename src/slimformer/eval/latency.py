@@ -16,9 +16,13 @@ def _inputs(model: PreTrainedModel, batch: int, seq: int) -> dict[str, torch.Ten
 
 
 @torch.inference_mode()
-def measure_latency(models: dict[str, PreTrainedModel], batch_sizes: tuple[int, ...] = (1, 32),
-                    seq_len: int = 64, repeats: int = 10, warmup: int = 2
-                    ) -> dict[str, dict[str, float]]:
+def measure_latency(
+    models: dict[str, PreTrainedModel],
+    batch_sizes: tuple[int, ...] = (1, 32),
+    seq_len: int = 64,
+    repeats: int = 10,
+    warmup: int = 2,
+) -> dict[str, dict[str, float]]:
     """``{name: {"bs1": ms, "bs32": ms}}`` median over ``repeats`` interleaved rounds."""
     times: dict[str, dict[int, list[float]]] = {n: {b: [] for b in batch_sizes} for n in models}
     for m in models.values():
@@ -33,8 +37,10 @@ def measure_latency(models: dict[str, PreTrainedModel], batch_sizes: tuple[int, 
                 t0 = time.perf_counter()
                 m(**feeds[n])
                 times[n][b].append((time.perf_counter() - t0) * 1000)
-    return {n: {f"bs{b}": round(statistics.median(v), 3) for b, v in per.items()}
-            for n, per in times.items()}
+    return {
+        n: {f"bs{b}": round(statistics.median(v), 3) for b, v in per.items()}
+        for n, per in times.items()
+    }
 
 
 def count_params(model: PreTrainedModel) -> int:

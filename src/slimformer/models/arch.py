@@ -14,8 +14,8 @@ from slimformer.errors import ModelError
 
 @dataclass(frozen=True)
 class ArchSpec:
-    layers: str        # ModuleList of transformer blocks, as a module-name suffix
-    num_layers: str    # config attribute holding the depth
+    layers: str  # ModuleList of transformer blocks, as a module-name suffix
+    num_layers: str  # config attribute holding the depth
     hidden: str = "hidden_size"
     heads: str = "num_attention_heads"
     intermediate: str = "intermediate_size"
@@ -36,8 +36,10 @@ ARCHS: dict[str, ArchSpec] = {
 
 def arch_of(config: PretrainedConfig) -> ArchSpec:
     if config.model_type not in ARCHS:
-        raise ModelError(f"Model family {config.model_type!r} is not supported for layer "
-                         f"selection yet. Supported: {', '.join(sorted(ARCHS))}.")
+        raise ModelError(
+            f"Model family {config.model_type!r} is not supported for layer "
+            f"selection yet. Supported: {', '.join(sorted(ARCHS))}."
+        )
     return ARCHS[config.model_type]
 
 

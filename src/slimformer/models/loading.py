@@ -17,11 +17,13 @@ def resolve_model_ref(ref: str) -> str:
     """
     if not ref.startswith("package:"):
         return ref
-    pkg, _, sub = ref[len("package:"):].partition("/")
+    pkg, _, sub = ref[len("package:") :].partition("/")
     spec = importlib.util.find_spec(pkg)
     if spec is None or not spec.submodule_search_locations:
-        raise ModelError(f"Python package {pkg!r} (from {ref!r}) is not installed. "
-                         f"Install it with `pip install {pkg.replace('_', '-')}`.")
+        raise ModelError(
+            f"Python package {pkg!r} (from {ref!r}) is not installed. "
+            f"Install it with `pip install {pkg.replace('_', '-')}`."
+        )
     folder = Path(list(spec.submodule_search_locations)[0]) / sub
     if not folder.is_dir():
         raise ModelError(f"{ref!r} points to {folder}, which does not exist.")
@@ -36,44 +38,54 @@ def check_model_ref(ref: str) -> str:
     if not looks_local:
         return ref  # a hub id: transformers will fetch (or find it in the local HF cache)
     if not path.is_dir():
-        raise ModelError(f"Model folder {ref!r} does not exist. Give a folder written by "
-                         f"save_pretrained, or a hub id such as 'bert-base-uncased'.")
+        raise ModelError(
+            f"Model folder {ref!r} does not exist. Give a folder written by "
+            f"save_pretrained, or a hub id such as 'bert-base-uncased'."
+        )
     if not (path / "config.json").exists():
         raise ModelError(f"{ref!r} has no config.json, so it is not a transformers model folder.")
     if not any(p.suffix in WEIGHT_SUFFIXES for p in path.iterdir()):
-        raise ModelError(f"{ref!r} holds no weights (*.safetensors / *.bin). Save the model with "
-                         f"save_pretrained into that folder.")
+        raise ModelError(
+            f"{ref!r} holds no weights (*.safetensors / *.bin). Save the model with "
+            f"save_pretrained into that folder."
+        )
     return ref
 
 
 def load_config(ref: str, trust_remote_code: bool = False):
     try:
-        return AutoConfig.from_pretrained(check_model_ref(ref),
-                                          trust_remote_code=trust_remote_code)
+        return AutoConfig.from_pretrained(check_model_ref(ref), trust_remote_code=trust_remote_code)
     except OSError as e:
         raise ModelError(f"Could not load the model config from {ref!r}: {e}") from e
 
 
 def load_tokenizer(ref: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
     try:
-        return AutoTokenizer.from_pretrained(check_model_ref(ref),
-                                             trust_remote_code=trust_remote_code)
+        return AutoTokenizer.from_pretrained(
+            check_model_ref(ref), trust_remote_code=trust_remote_code
+        )
     except (OSError, ValueError) as e:
-        raise ModelError(f"Could not load a tokenizer from {ref!r}: {e}. A student folder must "
-                         f"carry the teacher's tokenizer files.") from e
+        raise ModelError(
+            f"Could not load a tokenizer from {ref!r}: {e}. A student folder must "
+            f"carry the teacher's tokenizer files."
+        ) from e
 
 
-def check_same_tokenizer(teacher: PreTrainedTokenizerBase, student: PreTrainedTokenizerBase,
-                         student_ref: str) -> None:
+def check_same_tokenizer(
+    teacher: PreTrainedTokenizerBase, student: PreTrainedTokenizerBase, student_ref: str
+) -> None:
     """KD compares outputs position by position, so both must split text identically."""
     probe = "Distillation checks: naïve café, 1,234 tokens — isn't it? ünïcödé 漢字"
-    if teacher.get_vocab() != student.get_vocab() or teacher(probe)["input_ids"] != student(
-            probe)["input_ids"]:
+    if (
+        teacher.get_vocab() != student.get_vocab()
+        or teacher(probe)["input_ids"] != student(probe)["input_ids"]
+    ):
         raise ModelError(
             f"The student {student_ref!r} uses a different tokenizer from the teacher "
             f"(vocab sizes {len(teacher)} vs {len(student)}, or different splits). Use a "
             f"student with the teacher's tokenizer, or derive it from the teacher "
-            f"(student.layers / student.hidden_size).")
+            f"(student.layers / student.hidden_size)."
+        )
 
 
 def weight_files(folder: Path) -> list[Path]:

@@ -14,8 +14,9 @@ from slimformer.models.arch import arch_of, layers_module_name, num_layers
 class StudentConfig(StrictConfig):
     """Exactly one way to make the student: ``layers``, a width change, or ``model``."""
 
-    layers: int | list[int] | None = Field(None, description="N (evenly picked) or teacher "
-                                           "layer indices to copy, 0-based")
+    layers: int | list[int] | None = Field(
+        None, description="N (evenly picked) or teacher layer indices to copy, 0-based"
+    )
     hidden_size: int | None = Field(None, gt=0)
     num_heads: int | None = Field(None, gt=0)
     intermediate_size: int | None = Field(None, gt=0)
@@ -23,23 +24,28 @@ class StudentConfig(StrictConfig):
 
     @model_validator(mode="after")
     def _one_way(self) -> "StudentConfig":
-        width = any(v is not None for v in (self.hidden_size, self.num_heads,
-                                            self.intermediate_size))
+        width = any(
+            v is not None for v in (self.hidden_size, self.num_heads, self.intermediate_size)
+        )
         if self.model is not None and (width or self.layers is not None):
             raise ValueError("student.model cannot be combined with layers or width settings")
         if isinstance(self.layers, int) and self.layers < 1:
             raise ValueError(f"student.layers must be >= 1, got {self.layers}")
         if self.hidden_size and self.num_heads and self.hidden_size % self.num_heads:
-            raise ValueError(f"student.hidden_size ({self.hidden_size}) must be divisible by "
-                             f"student.num_heads ({self.num_heads})")
+            raise ValueError(
+                f"student.hidden_size ({self.hidden_size}) must be divisible by "
+                f"student.num_heads ({self.num_heads})"
+            )
         return self
 
 
 def evenly_spaced_layers(teacher_layers: int, student_layers: int) -> list[int]:
     """Teacher layers to copy, spread from the first to the last (the last feeds the head)."""
     if student_layers > teacher_layers:
-        raise ModelError(f"The student asks for {student_layers} layers but the teacher has only "
-                         f"{teacher_layers}. Use student.layers <= {teacher_layers}.")
+        raise ModelError(
+            f"The student asks for {student_layers} layers but the teacher has only "
+            f"{teacher_layers}. Use student.layers <= {teacher_layers}."
+        )
     if student_layers == 1:
         return [teacher_layers - 1]
     step = (teacher_layers - 1) / (student_layers - 1)
@@ -53,11 +59,14 @@ def resolve_layers(cfg: StudentConfig, teacher_layers: int) -> list[int] | None:
         return evenly_spaced_layers(teacher_layers, cfg.layers)
     bad = [i for i in cfg.layers if not 0 <= i < teacher_layers]
     if bad or len(set(cfg.layers)) != len(cfg.layers):
-        raise RecipeError(f"student.layers {cfg.layers} must be distinct teacher layer indices in "
-                          f"0..{teacher_layers - 1} (the teacher has {teacher_layers} layers).")
+        raise RecipeError(
+            f"student.layers {cfg.layers} must be distinct teacher layer indices in "
+            f"0..{teacher_layers - 1} (the teacher has {teacher_layers} layers)."
+        )
     if len(cfg.layers) > teacher_layers:
-        raise ModelError(f"More student layers ({len(cfg.layers)}) than the teacher has "
-                         f"({teacher_layers}).")
+        raise ModelError(
+            f"More student layers ({len(cfg.layers)}) than the teacher has ({teacher_layers})."
+        )
     return sorted(cfg.layers)
 
 
@@ -70,7 +79,7 @@ def copy_layers(teacher: PreTrainedModel, keep: list[int]) -> PreTrainedModel:
     state = {}
     for key, value in teacher.state_dict().items():
         if key.startswith(prefix):
-            idx, rest = key[len(prefix):].split(".", 1)
+            idx, rest = key[len(prefix) :].split(".", 1)
             if int(idx) not in keep:
                 continue
             key = f"{prefix}{keep.index(int(idx))}.{rest}"
@@ -88,14 +97,19 @@ def narrower_random(teacher: PreTrainedModel, cfg: StudentConfig) -> PreTrainedM
         if n > num_layers(config):
             evenly_spaced_layers(num_layers(config), n)  # raises the clear error
         setattr(config, spec.num_layers, n)
-    for attr, value in ((spec.hidden, cfg.hidden_size), (spec.heads, cfg.num_heads),
-                        (spec.intermediate, cfg.intermediate_size)):
+    for attr, value in (
+        (spec.hidden, cfg.hidden_size),
+        (spec.heads, cfg.num_heads),
+        (spec.intermediate, cfg.intermediate_size),
+    ):
         if value is not None:
             setattr(config, attr, value)
     hidden, heads = getattr(config, spec.hidden), getattr(config, spec.heads)
     if hidden % heads:
-        raise RecipeError(f"Student hidden size {hidden} is not divisible by its {heads} heads; "
-                          f"set student.num_heads so that it divides student.hidden_size.")
+        raise RecipeError(
+            f"Student hidden size {hidden} is not divisible by its {heads} heads; "
+            f"set student.num_heads so that it divides student.hidden_size."
+        )
     return type(teacher)(config)
 
 
@@ -103,10 +117,13 @@ def derive_student(teacher: PreTrainedModel, cfg: StudentConfig) -> tuple[PreTra
     """Make the student from the teacher; returns it and a description for the report."""
     width = any(v is not None for v in (cfg.hidden_size, cfg.num_heads, cfg.intermediate_size))
     if width:
-        return narrower_random(teacher, cfg), {"init": "random", **cfg.model_dump(
-            exclude_none=True)}
+        return narrower_random(teacher, cfg), {
+            "init": "random",
+            **cfg.model_dump(exclude_none=True),
+        }
     keep = resolve_layers(cfg, num_layers(teacher.config))
     if keep is None:
-        raise RecipeError("student needs one of: layers, hidden_size/num_heads/"
-                          "intermediate_size, or model.")
+        raise RecipeError(
+            "student needs one of: layers, hidden_size/num_heads/intermediate_size, or model."
+        )
     return copy_layers(teacher, keep), {"init": "teacher_layers", "teacher_layers": keep}

@@ -13,10 +13,15 @@ from transformers import DataCollatorWithPadding, PreTrainedModel, PreTrainedTok
 from slimformer.errors import ModelError
 from slimformer.methods.distill.teacher_cache import TeacherCache, dataset_fingerprint
 from slimformer.methods.distill.teacher_targets import TeacherTargets
-from slimformer.models.loading import (check_model_ref, check_same_tokenizer, load_config,
-                                       load_tokenizer, weight_files)
-from slimformer.models.student import derive_student, resolve_layers
 from slimformer.models.arch import num_layers
+from slimformer.models.loading import (
+    check_model_ref,
+    check_same_tokenizer,
+    load_config,
+    load_tokenizer,
+    weight_files,
+)
+from slimformer.models.student import derive_student, resolve_layers
 from slimformer.pipeline.recipe import Recipe
 from slimformer.tasks import Task, get_task
 from slimformer.tasks.base import MODEL_INPUTS
@@ -49,7 +54,8 @@ class RunContext:
         if self._teacher is None:
             log.info("loading teacher %s", self.teacher_ref)
             self._teacher = self.task.load_model(
-                self.teacher_ref, trust_remote_code=self.recipe.teacher.trust_remote_code).eval()
+                self.teacher_ref, trust_remote_code=self.recipe.teacher.trust_remote_code
+            ).eval()
         return self._teacher
 
     def teacher_fingerprint(self) -> str:
@@ -66,8 +72,9 @@ class RunContext:
 
     def teacher_targets(self, ds: datasets.Dataset) -> TeacherTargets:
         data_fp = dataset_fingerprint(ds, MODEL_INPUTS)
-        cache = TeacherCache(self.cache_root / "teacher", self.teacher_fingerprint(), data_fp,
-                             len(ds))
+        cache = TeacherCache(
+            self.cache_root / "teacher", self.teacher_fingerprint(), data_fp, len(ds)
+        )
         return TeacherTargets(self.task, cache, self.load_teacher)
 
     def initial_student(self) -> PreTrainedModel:
@@ -82,8 +89,11 @@ class RunContext:
         if self.label_names is None:
             return {}
         names = self.label_names
-        return {"num_labels": len(names), "id2label": dict(enumerate(names)),
-                "label2id": {n: i for i, n in enumerate(names)}}
+        return {
+            "num_labels": len(names),
+            "id2label": dict(enumerate(names)),
+            "label2id": {n: i for i, n in enumerate(names)},
+        }
 
 
 def _labels_from_data(values: list) -> list[str]:
@@ -111,13 +121,15 @@ def build_context(recipe: Recipe, cache_dir: str | None = None) -> RunContext:
     tokenizer = load_tokenizer(tok_ref)
     teacher_config = load_config(teacher_ref) if teacher_ref else None
     if teacher_ref and recipe.student.model:
-        check_same_tokenizer(tokenizer, load_tokenizer(recipe.student.model),
-                             recipe.student.model)
+        check_same_tokenizer(tokenizer, load_tokenizer(recipe.student.model), recipe.student.model)
     if teacher_config is not None and recipe.student.model is None:
         resolve_layers(recipe.student, num_layers(teacher_config))  # depth errors now, not later
     train_raw, eval_raw = task.raw_splits(recipe.data, recipe.seed)
-    raw_labels = (train_raw[recipe.data.label_column]
-                  if recipe.data.label_column in train_raw.column_names else None)
+    raw_labels = (
+        train_raw[recipe.data.label_column]
+        if recipe.data.label_column in train_raw.column_names
+        else None
+    )
     label_config, label_names = teacher_config, None
     if label_config is None and task.name == "sequence-classification":
         label_names = recipe.labels or _labels_from_data(raw_labels)
@@ -126,18 +138,27 @@ def build_context(recipe: Recipe, cache_dir: str | None = None) -> RunContext:
         _check_label_count(label_config, recipe)
     train_ds = task.prepare(train_raw, tokenizer, recipe.data, label_config, "train")
     eval_ds = task.prepare(eval_raw, tokenizer, recipe.data, label_config, "eval")
-    ctx = RunContext(recipe=recipe, task=task, tokenizer=tokenizer, train_ds=train_ds,
-                     eval_ds=eval_ds, collate=DataCollatorWithPadding(tokenizer),
-                     cache_root=Path(cache_dir or recipe.cache_dir or default_cache_dir()),
-                     teacher_ref=teacher_ref, teacher_config=teacher_config,
-                     label_names=label_names)
+    ctx = RunContext(
+        recipe=recipe,
+        task=task,
+        tokenizer=tokenizer,
+        train_ds=train_ds,
+        eval_ds=eval_ds,
+        collate=DataCollatorWithPadding(tokenizer),
+        cache_root=Path(cache_dir or recipe.cache_dir or default_cache_dir()),
+        teacher_ref=teacher_ref,
+        teacher_config=teacher_config,
+        label_names=label_names,
+    )
     return ctx
 
 
 def _check_label_count(config, recipe: Recipe) -> None:
     if recipe.labels and len(recipe.labels) != config.num_labels:
-        raise ModelError(f"recipe labels {recipe.labels} do not match the teacher's "
-                         f"{config.num_labels} labels {list(config.id2label.values())}.")
+        raise ModelError(
+            f"recipe labels {recipe.labels} do not match the teacher's "
+            f"{config.num_labels} labels {list(config.id2label.values())}."
+        )
 
 
 def teacher_eval_values(ctx: RunContext) -> np.ndarray:

@@ -1,6 +1,6 @@
 """The recipe schema: YAML in, typed config out, errors with their path in the file.
 
-    stages.0.distill.temperature | Input should be greater than 0 | -1
+stages.0.distill.temperature | Input should be greater than 0 | -1
 """
 
 from pathlib import Path
@@ -68,8 +68,9 @@ class Recipe(StrictConfig):
     labels: list[str] | None = Field(None, description="label names in id order (finetune)")
     stages: list[StageEntry] = Field(min_length=1)
     report: ReportConfig = ReportConfig()
-    cache_dir: str | None = Field(None, description="teacher-output cache; default "
-                                  "$SLIMFORMER_CACHE or ~/.cache/slimformer")
+    cache_dir: str | None = Field(
+        None, description="teacher-output cache; default $SLIMFORMER_CACHE or ~/.cache/slimformer"
+    )
 
     @model_validator(mode="after")
     def _teacher_when_distilling(self) -> "Recipe":
@@ -151,8 +152,9 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     for item in overrides or []:
         key, sep, raw = item.partition("=")
         if not sep:
-            raise RecipeError(f"Override {item!r} must look like key.path=value "
-                              f"(e.g. stages.0.distill.epochs=1).")
+            raise RecipeError(
+                f"Override {item!r} must look like key.path=value (e.g. stages.0.distill.epochs=1)."
+            )
         set_by_path(tree, key.strip(), yaml.safe_load(raw))
     return parse_recipe(tree, str(path))
 

@@ -38,18 +38,27 @@ def check_output(output: Path, resume: bool, overwrite: bool) -> Path:
     """Decide where to work, refusing to clobber anything unless told to."""
     work = work_dir_of(output)
     if output.exists() and not overwrite:
-        raise OutputExistsError(f"Output folder {output} already exists. Pass --overwrite to "
-                                f"replace it, or choose another --output.")
+        raise OutputExistsError(
+            f"Output folder {output} already exists. Pass --overwrite to "
+            f"replace it, or choose another --output."
+        )
     if work.exists() and not (resume or overwrite):
-        raise OutputExistsError(f"An interrupted run is in {work}. Pass --resume to continue "
-                                f"it, or --overwrite to start again.")
+        raise OutputExistsError(
+            f"An interrupted run is in {work}. Pass --resume to continue "
+            f"it, or --overwrite to start again."
+        )
     if overwrite and not resume:
         shutil.rmtree(work, ignore_errors=True)
     return work
 
 
-def run_recipe(recipe: Recipe, output: str | Path, resume: bool = False,
-               overwrite: bool = False, cache_dir: str | None = None) -> dict:
+def run_recipe(
+    recipe: Recipe,
+    output: str | Path,
+    resume: bool = False,
+    overwrite: bool = False,
+    cache_dir: str | None = None,
+) -> dict:
     output = Path(output)
     work = check_output(output, resume, overwrite)
     ctx = build_context(recipe, cache_dir)  # all input checks happen here, before training
@@ -64,12 +73,17 @@ def run_recipe(recipe: Recipe, output: str | Path, resume: bool = False,
             info = json.loads(done.read_text())
             log.info("stage %d (%s) already finished; skipping", i, entry.kind)
         else:
-            model = (ctx.initial_student() if model_dir is None
-                     else ctx.task.load_model(str(model_dir)))
+            model = (
+                ctx.initial_student() if model_dir is None else ctx.task.load_model(str(model_dir))
+            )
             log.info("stage %d: %s", i, entry.kind)
             out_dir, info = STAGES.get(entry.kind)(ctx, entry.config, model, stage_dir, resume)
-            info = {"stage": i, "kind": entry.kind, "model_dir": str(out_dir.relative_to(work)),
-                    **info}
+            info = {
+                "stage": i,
+                "kind": entry.kind,
+                "model_dir": str(out_dir.relative_to(work)),
+                **info,
+            }
             write_json_atomic(done, info)
         model_dir = work / info["model_dir"]
         summaries.append(info)
@@ -94,13 +108,18 @@ def final_report(ctx: RunContext, model_dir: Path, stages: list[dict]) -> dict:
     if ctx.teacher_ref:
         reference = teacher_eval_values(ctx)
         teacher_metrics = ctx.task.metrics(reference, _labels(ctx), reference)
-        teacher_entry = (ctx.teacher_ref, ctx.load_teacher(), _teacher_folder(ctx),
-                         teacher_metrics)
+        teacher_entry = (ctx.teacher_ref, ctx.load_teacher(), _teacher_folder(ctx), teacher_metrics)
     metrics = evaluate(student, ctx.task, ctx.eval_ds, ctx.collate, reference)
     r = ctx.recipe.report
-    report = build_report(ctx.task.name, teacher_entry,
-                          (str(model_dir), student, model_dir, metrics), stages,
-                          r.batch_sizes, r.seq_len, r.repeats)
+    report = build_report(
+        ctx.task.name,
+        teacher_entry,
+        (str(model_dir), student, model_dir, metrics),
+        stages,
+        r.batch_sizes,
+        r.seq_len,
+        r.repeats,
+    )
     report["student"]["init"] = ctx.student_info
     if ctx.task.primary_metric == "fidelity":
         report["fidelity"] = metrics.get("fidelity")

@@ -26,8 +26,13 @@ def _train_config(cfg: TrainConfig) -> TrainConfig:
 
 
 def _summary(result: TrainResult) -> dict:
-    return {"steps": result.steps, "epoch_seconds": [round(s, 2) for s in result.epoch_seconds],
-            "best": result.best, "evals": result.evals, "resumed_from_step": result.resumed_from}
+    return {
+        "steps": result.steps,
+        "epoch_seconds": [round(s, 2) for s in result.epoch_seconds],
+        "best": result.best,
+        "evals": result.evals,
+        "resumed_from_step": result.resumed_from,
+    }
 
 
 def _eval_fn(ctx: RunContext, reference):
@@ -35,36 +40,68 @@ def _eval_fn(ctx: RunContext, reference):
 
 
 @STAGES.register("distill")
-def distill_stage(ctx: RunContext, cfg: DistillStage, model: PreTrainedModel, stage_dir: Path,
-                  resume: bool) -> tuple[Path, dict]:
+def distill_stage(
+    ctx: RunContext, cfg: DistillStage, model: PreTrainedModel, stage_dir: Path, resume: bool
+) -> tuple[Path, dict]:
     targets = ctx.teacher_targets(ctx.train_ds)
     before = targets.cache.filled_count
-    log.info("teacher cache %s: %d/%d training examples already cached", targets.cache.dir,
-             before, len(ctx.train_ds))
+    log.info(
+        "teacher cache %s: %d/%d training examples already cached",
+        targets.cache.dir,
+        before,
+        len(ctx.train_ds),
+    )
     loss_cfg = DistillLossConfig(**{k: getattr(cfg, k) for k in DistillLossConfig.model_fields})
     loss_fn = make_loss_fn(ctx.task, loss_cfg, targets)
     reference = teacher_eval_values(ctx)
-    result = train(model, ctx.train_ds, ctx.collate, loss_fn, _train_config(cfg), stage_dir,
-                   ctx.recipe.seed, evaluate=_eval_fn(ctx, reference),
-                   primary_metric=ctx.task.primary_metric, resume=resume,
-                   tokenizer=ctx.tokenizer, desc="distill")
+    result = train(
+        model,
+        ctx.train_ds,
+        ctx.collate,
+        loss_fn,
+        _train_config(cfg),
+        stage_dir,
+        ctx.recipe.seed,
+        evaluate=_eval_fn(ctx, reference),
+        primary_metric=ctx.task.primary_metric,
+        resume=resume,
+        tokenizer=ctx.tokenizer,
+        desc="distill",
+    )
     targets.cache.flush()
-    log.info("teacher forward passes during training: %d examples (%d served from cache)",
-             targets.teacher_examples, targets.cached_examples)
-    return result.model_dir, {**_summary(result), "teacher_forward_examples":
-                              targets.teacher_examples, "cached_examples":
-                              targets.cached_examples, "cache_dir": str(targets.cache.dir)}
+    log.info(
+        "teacher forward passes during training: %d examples (%d served from cache)",
+        targets.teacher_examples,
+        targets.cached_examples,
+    )
+    return result.model_dir, {
+        **_summary(result),
+        "teacher_forward_examples": targets.teacher_examples,
+        "cached_examples": targets.cached_examples,
+        "cache_dir": str(targets.cache.dir),
+    }
 
 
 @STAGES.register("finetune")
-def finetune_stage(ctx: RunContext, cfg: FinetuneStage, model: PreTrainedModel,
-                   stage_dir: Path, resume: bool) -> tuple[Path, dict]:
+def finetune_stage(
+    ctx: RunContext, cfg: FinetuneStage, model: PreTrainedModel, stage_dir: Path, resume: bool
+) -> tuple[Path, dict]:
     hard = cfg.hard or ("mse" if is_regression(model.config) else "ce")
     loss_fn = make_loss_fn(ctx.task, DistillLossConfig(alpha=0.0, hard=hard), None)
-    result = train(model, ctx.train_ds, ctx.collate, loss_fn, _train_config(cfg), stage_dir,
-                   ctx.recipe.seed, evaluate=_eval_fn(ctx, None),
-                   primary_metric=_finetune_metric(model), resume=resume,
-                   tokenizer=ctx.tokenizer, desc="finetune")
+    result = train(
+        model,
+        ctx.train_ds,
+        ctx.collate,
+        loss_fn,
+        _train_config(cfg),
+        stage_dir,
+        ctx.recipe.seed,
+        evaluate=_eval_fn(ctx, None),
+        primary_metric=_finetune_metric(model),
+        resume=resume,
+        tokenizer=ctx.tokenizer,
+        desc="finetune",
+    )
     return result.model_dir, _summary(result)
 
 

@@ -37,13 +37,18 @@ class Task(ABC):
         return self.auto_class.from_pretrained(ref, trust_remote_code=trust_remote_code)
 
     @abstractmethod
-    def raw_splits(self, data: DataConfig, seed: int) -> tuple[datasets.Dataset,
-                                                                datasets.Dataset]:
+    def raw_splits(self, data: DataConfig, seed: int) -> tuple[datasets.Dataset, datasets.Dataset]:
         """Untokenized (train, eval) datasets, validated (columns exist, not empty)."""
 
     @abstractmethod
-    def prepare(self, ds: datasets.Dataset, tokenizer: PreTrainedTokenizerBase,
-                data: DataConfig, model_config, split: str) -> datasets.Dataset:
+    def prepare(
+        self,
+        ds: datasets.Dataset,
+        tokenizer: PreTrainedTokenizerBase,
+        data: DataConfig,
+        model_config,
+        split: str,
+    ) -> datasets.Dataset:
         """Tokenize (cached by datasets) and map labels; adds ``idx`` for the teacher cache."""
 
     @abstractmethod
@@ -54,8 +59,9 @@ class Task(ABC):
         return batch.get("labels")
 
     @abstractmethod
-    def metrics(self, values: np.ndarray, labels: np.ndarray | None,
-                reference: np.ndarray | None) -> dict[str, float]:
+    def metrics(
+        self, values: np.ndarray, labels: np.ndarray | None, reference: np.ndarray | None
+    ) -> dict[str, float]:
         """Task metrics from aligned outputs; ``reference`` = the teacher's, for fidelity."""
 
 
@@ -66,8 +72,14 @@ def model_inputs(batch: dict) -> dict:
     return {k: v for k, v in batch.items() if k in MODEL_INPUTS}
 
 
-def tokenize(ds: datasets.Dataset, tokenizer: PreTrainedTokenizerBase, text: str,
-             pair: str | None, max_length: int, keep: list[str]) -> datasets.Dataset:
+def tokenize(
+    ds: datasets.Dataset,
+    tokenizer: PreTrainedTokenizerBase,
+    text: str,
+    pair: str | None,
+    max_length: int,
+    keep: list[str],
+) -> datasets.Dataset:
     """Tokenize without padding (the collator pads per batch); datasets caches the result."""
 
     def encode(rows):

@@ -40,28 +40,28 @@ class SentenceEmbedding(Task):
         if data.eval:
             train, _ = sentence_splits(data.train, 2, seed)
             evl = read_table(data.eval, fmt=data.format, split=data.eval_split)
-            require_columns(evl, [data.text_column, data.text_pair_column or "text_pair"],
-                            data.eval)
-            evl = evl.rename_columns({data.text_column: "text",
-                                      data.text_pair_column or "text_pair": "text_pair"})
+            require_columns(
+                evl, [data.text_column, data.text_pair_column or "text_pair"], data.eval
+            )
+            evl = evl.rename_columns(
+                {data.text_column: "text", data.text_pair_column or "text_pair": "text_pair"}
+            )
         else:
             train, evl = sentence_splits(data.train, data.eval_pairs, seed)
         if data.max_train_examples:
-            train = train.shuffle(seed=seed).select(range(min(len(train),
-                                                              data.max_train_examples)))
+            train = train.shuffle(seed=seed).select(range(min(len(train), data.max_train_examples)))
         return train, evl
 
     def prepare(self, ds, tokenizer, data: DataConfig, model_config, split: str):
         if "text_pair" in ds.column_names:  # eval pairs -> flat sentence list
-            flat = [t for a, b in zip(ds["text"], ds["text_pair"]) for t in (a, b)]
+            flat = [t for a, b in zip(ds["text"], ds["text_pair"], strict=True) for t in (a, b)]
             ds = datasets.Dataset.from_dict({"text": flat})
         return tokenize(ds, tokenizer, "text", None, data.max_length, keep=[])
 
     def forward(self, model, batch) -> Aligned:
         hidden = model(**model_inputs(batch)).last_hidden_state  # (B, T, H)
         pooled = mean_pool(hidden, batch["attention_mask"])
-        return Aligned(pooled, torch.ones(pooled.shape[0], dtype=torch.bool,
-                                          device=pooled.device))
+        return Aligned(pooled, torch.ones(pooled.shape[0], dtype=torch.bool, device=pooled.device))
 
     def hard_targets(self, batch):
         return None

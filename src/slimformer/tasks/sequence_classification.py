@@ -8,8 +8,8 @@ from transformers import AutoModelForSequenceClassification, PreTrainedTokenizer
 from slimformer.data.config import DataConfig
 from slimformer.data.readers import read_table, require_columns
 from slimformer.errors import DataError
-from slimformer.tasks.metrics import classification_metrics, regression_metrics
 from slimformer.tasks.base import TASKS, Aligned, Task, model_inputs, tokenize
+from slimformer.tasks.metrics import classification_metrics, regression_metrics
 
 
 def is_regression(model_config) -> bool:
@@ -32,9 +32,11 @@ def label_mapper(model_config, source: str):
             as_int = None
         if as_int is not None and as_int in id2label and float(text) == as_int:
             return as_int
-        raise DataError(f"Label {value!r} in {source} is not one the teacher knows ({known}). "
-                        f"Fix the data, set data.label_column, or use a teacher trained on "
-                        f"these labels.")
+        raise DataError(
+            f"Label {value!r} in {source} is not one the teacher knows ({known}). "
+            f"Fix the data, set data.label_column, or use a teacher trained on "
+            f"these labels."
+        )
 
     return to_id
 
@@ -54,8 +56,9 @@ class SequenceClassification(Task):
     def raw_splits(self, data: DataConfig, seed: int):
         kw = dict(fmt=data.format, header=data.header, column_names=data.column_names)
         train = read_table(data.train, split=data.train_split, **kw)
-        columns = [data.text_column, data.label_column] + ([data.text_pair_column]
-                                                           if data.text_pair_column else [])
+        columns = [data.text_column, data.label_column] + (
+            [data.text_pair_column] if data.text_pair_column else []
+        )
         require_columns(train, columns, data.train)
         if data.eval:
             evl = read_table(data.eval, split=data.eval_split, **kw)
@@ -63,12 +66,16 @@ class SequenceClassification(Task):
         else:  # hold out 10% of train, seeded, so the eval set never overlaps training
             parts = train.train_test_split(test_size=0.1, seed=seed)
             train, evl = parts["train"], parts["test"]
-        return (subsample(train, data.max_train_examples, seed),
-                subsample(evl, data.max_eval_examples, seed))
+        return (
+            subsample(train, data.max_train_examples, seed),
+            subsample(evl, data.max_eval_examples, seed),
+        )
 
-    def prepare(self, ds, tokenizer: PreTrainedTokenizerBase, data: DataConfig, model_config,
-                split: str):
+    def prepare(
+        self, ds, tokenizer: PreTrainedTokenizerBase, data: DataConfig, model_config, split: str
+    ):
         if is_regression(model_config):
+
             def to_label(rows):
                 return {"labels": [float(v) for v in rows[data.label_column]]}
         else:
@@ -79,21 +86,25 @@ class SequenceClassification(Task):
 
             def to_label(rows):
                 return {"labels": [to_id(v) for v in rows[data.label_column]]}
+
         ds = ds.map(to_label, batched=True, desc="labels")
-        return tokenize(ds, tokenizer, data.text_column, data.text_pair_column, data.max_length,
-                        keep=["labels"])
+        return tokenize(
+            ds, tokenizer, data.text_column, data.text_pair_column, data.max_length, keep=["labels"]
+        )
 
     def forward(self, model, batch) -> Aligned:
         logits = model(**model_inputs(batch)).logits  # (B, C)
-        return Aligned(logits, torch.ones(logits.shape[0], dtype=torch.bool,
-                                          device=logits.device))
+        return Aligned(logits, torch.ones(logits.shape[0], dtype=torch.bool, device=logits.device))
 
     def metrics(self, values: np.ndarray, labels, reference) -> dict[str, float]:
         regression = values.shape[-1] == 1
         out = {}
         if labels is not None:
-            out = (regression_metrics(values[:, 0], labels) if regression
-                   else classification_metrics(values.argmax(-1), labels))
+            out = (
+                regression_metrics(values[:, 0], labels)
+                if regression
+                else classification_metrics(values.argmax(-1), labels)
+            )
         if reference is not None and not regression:
             out["teacher_agreement"] = float((values.argmax(-1) == reference.argmax(-1)).mean())
         return out

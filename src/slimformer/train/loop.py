@@ -28,7 +28,7 @@ EvalFn = Callable[[PreTrainedModel], dict[str, float]]
 
 @dataclass
 class TrainResult:
-    model_dir: Path                  # best (if evaluated) or final weights, save_pretrained
+    model_dir: Path  # best (if evaluated) or final weights, save_pretrained
     steps: int
     evals: list[dict] = field(default_factory=list)
     epoch_seconds: list[float] = field(default_factory=list)
@@ -42,8 +42,10 @@ def _optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimize
     for name, p in model.named_parameters():
         if p.requires_grad:
             (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
+    groups = [
+        {"params": decay, "weight_decay": cfg.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
     try:  # the fused kernel is ~5x faster on CPU; not every device/dtype has it
         return torch.optim.AdamW(groups, lr=cfg.learning_rate, fused=True)
     except (RuntimeError, TypeError):
@@ -59,37 +61,62 @@ def _save_model(accelerator: Accelerator, model, target: Path, tokenizer=None) -
     accelerator.wait_for_everyone()
 
 
-def train(model: PreTrainedModel, train_ds: datasets.Dataset, collate: Callable,
-          loss_fn: LossFn, cfg: TrainConfig, out_dir: Path, seed: int,
-          evaluate: EvalFn | None = None, primary_metric: str | None = None,
-          resume: bool = False, tokenizer=None, on_step: Callable[[], None] | None = None,
-          desc: str = "train") -> TrainResult:
+def train(
+    model: PreTrainedModel,
+    train_ds: datasets.Dataset,
+    collate: Callable,
+    loss_fn: LossFn,
+    cfg: TrainConfig,
+    out_dir: Path,
+    seed: int,
+    evaluate: EvalFn | None = None,
+    primary_metric: str | None = None,
+    resume: bool = False,
+    tokenizer=None,
+    on_step: Callable[[], None] | None = None,
+    desc: str = "train",
+) -> TrainResult:
     out_dir = Path(out_dir)
     set_seed(seed)
-    accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum,
-                              mixed_precision=cfg.mixed_precision, log_with="tensorboard",
-                              project_dir=str(out_dir / "logs"))
-    sampler = LengthGroupedBatchSampler([len(x) for x in train_ds["input_ids"]],
-                                        cfg.batch_size, seed)
+    accelerator = Accelerator(
+        gradient_accumulation_steps=cfg.grad_accum,
+        mixed_precision=cfg.mixed_precision,
+        log_with="tensorboard",
+        project_dir=str(out_dir / "logs"),
+    )
+    sampler = LengthGroupedBatchSampler(
+        [len(x) for x in train_ds["input_ids"]], cfg.batch_size, seed
+    )
     loader = DataLoader(train_ds, batch_sampler=sampler, collate_fn=collate)
     # batches per process: under `accelerate launch` each process sees its shard
-    steps_per_epoch = math.ceil(math.ceil(len(sampler) / accelerator.num_processes)
-                                / cfg.grad_accum)
+    steps_per_epoch = math.ceil(
+        math.ceil(len(sampler) / accelerator.num_processes) / cfg.grad_accum
+    )
     total = cfg.max_steps or math.ceil(cfg.epochs * steps_per_epoch)
     optimizer = _optimizer(model, cfg)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total), total)
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
 
-    state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "best": None, "evals": [],
-             "epoch_seconds": []}
+    state = {
+        "step": 0,
+        "epoch": 0,
+        "batch_in_epoch": 0,
+        "best": None,
+        "evals": [],
+        "epoch_seconds": [],
+    }
     resumed_from = None
     ckpt = latest_checkpoint(out_dir / "checkpoints") if resume else None
     if ckpt is not None:
         state = load_checkpoint(accelerator, ckpt)
         resumed_from = state["step"]
         accelerator.print(f"Resumed from {ckpt} (step {state['step']}/{total}).")
-    accelerator.init_trackers(desc, config={k: v for k, v in cfg.model_dump().items()
-                                            if isinstance(v, int | float | str | bool)})
+    accelerator.init_trackers(
+        desc,
+        config={
+            k: v for k, v in cfg.model_dump().items() if isinstance(v, int | float | str | bool)
+        },
+    )
 
     def run_eval() -> None:
         metrics = evaluate(accelerator.unwrap_model(model))
@@ -101,12 +128,19 @@ def train(model: PreTrainedModel, train_ds: datasets.Dataset, collate: Callable,
         if state["best"] is None or score > state["best"][primary_metric]:
             state["best"] = record
             _save_model(accelerator, model, out_dir / "best", tokenizer)
-        bar.write(f"eval step {state['step']}: " + ", ".join(f"{k}={v:.4f}" for k, v in
-                                                              metrics.items()))
+        bar.write(
+            f"eval step {state['step']}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items())
+        )
 
     model.train()
-    bar = tqdm(total=total, initial=state["step"], desc=desc, unit="step", dynamic_ncols=True,
-               disable=not accelerator.is_local_main_process)
+    bar = tqdm(
+        total=total,
+        initial=state["step"],
+        desc=desc,
+        unit="step",
+        dynamic_ncols=True,
+        disable=not accelerator.is_local_main_process,
+    )
     while state["step"] < total:
         sampler.set_epoch(state["epoch"])
         skip = state["batch_in_epoch"]
@@ -129,10 +163,13 @@ def train(model: PreTrainedModel, train_ds: datasets.Dataset, collate: Callable,
             if on_step is not None:
                 on_step()
             if state["step"] % cfg.log_every == 0:
-                logs = {"train/loss": float(loss), "train/lr": scheduler.get_last_lr()[0],
-                        **{f"train/{k}": v for k, v in logs.items()}}
+                logs = {
+                    "train/loss": loss.detach().item(),
+                    "train/lr": scheduler.get_last_lr()[0],
+                    **{f"train/{k}": v for k, v in logs.items()},
+                }
                 accelerator.log(logs, step=state["step"])
-                bar.set_postfix(loss=f"{float(loss):.4f}")
+                bar.set_postfix(loss=f"{logs['train/loss']:.4f}")
             if state["batch_in_epoch"] >= len(loader) or state["step"] >= total:
                 break  # end-of-epoch / end-of-training work happens below, once
             if evaluate and cfg.eval_every and state["step"] % cfg.eval_every == 0:
@@ -142,13 +179,20 @@ def train(model: PreTrainedModel, train_ds: datasets.Dataset, collate: Callable,
         epoch_done = state["batch_in_epoch"] >= len(loader)
         if epoch_done:
             state["epoch_seconds"].append(time.perf_counter() - started)
-            accelerator.print(f"epoch {state['epoch'] + 1} took "
-                              f"{state['epoch_seconds'][-1]:.1f}s"
-                              + (f" (resumed after {skip} batches)" if skip else ""))
+            accelerator.print(
+                f"epoch {state['epoch'] + 1} took "
+                f"{state['epoch_seconds'][-1]:.1f}s"
+                + (f" (resumed after {skip} batches)" if skip else "")
+            )
             state["epoch"] += 1
             state["batch_in_epoch"] = 0
-        if evaluate and (epoch_done and not cfg.eval_every or state["step"] >= total or
-                         cfg.eval_every and state["step"] % cfg.eval_every == 0):
+        if evaluate and (
+            epoch_done
+            and not cfg.eval_every
+            or state["step"] >= total
+            or cfg.eval_every
+            and state["step"] % cfg.eval_every == 0
+        ):
             run_eval()
         save_checkpoint(accelerator, out_dir / "checkpoints", state)
     bar.close()
@@ -157,7 +201,11 @@ def train(model: PreTrainedModel, train_ds: datasets.Dataset, collate: Callable,
     if not evaluate:
         _save_model(accelerator, model, out_dir / "final", tokenizer)
     accelerator.end_training()
-    return TrainResult(model_dir=out_dir / ("best" if evaluate else "final"),
-                       steps=state["step"], evals=state["evals"],
-                       epoch_seconds=state["epoch_seconds"], best=state["best"],
-                       resumed_from=resumed_from)
+    return TrainResult(
+        model_dir=out_dir / ("best" if evaluate else "final"),
+        steps=state["step"],
+        evals=state["evals"],
+        epoch_seconds=state["epoch_seconds"],
+        best=state["best"],
+        resumed_from=resumed_from,
+    )

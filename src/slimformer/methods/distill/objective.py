@@ -52,8 +52,9 @@ class DistillLossConfig(StrictConfig):
         return v
 
 
-def make_loss_fn(task: Task, cfg: DistillLossConfig,
-                 teacher_targets: Callable[[dict], "torch.Tensor"] | None) -> LossFn:  # noqa: F821
+def make_loss_fn(
+    task: Task, cfg: DistillLossConfig, teacher_targets: Callable[[dict], "torch.Tensor"] | None
+) -> LossFn:  # noqa: F821
     """Build ``loss_fn(model, batch, progress) -> (loss, logs)`` for the training loop."""
     soft = SOFT_LOSSES.get(cfg.soft)
     hard = HARD_LOSSES.get(cfg.hard) if cfg.hard else None
@@ -66,12 +67,12 @@ def make_loss_fn(task: Task, cfg: DistillLossConfig,
         loss = 0.0
         if alpha > 0:
             soft_loss = soft(out.values, teacher_targets(batch), out.mask, t)
-            logs["loss_soft"] = float(soft_loss)
+            logs["loss_soft"] = soft_loss.detach().item()
             loss = loss + alpha * soft_loss
         labels = task.hard_targets(batch)
         if alpha < 1 and hard is not None and labels is not None:
             hard_loss = hard(out.values, labels, out.mask)
-            logs["loss_hard"] = float(hard_loss)
+            logs["loss_hard"] = hard_loss.detach().item()
             loss = loss + (1 - alpha) * hard_loss
         return loss, logs
 

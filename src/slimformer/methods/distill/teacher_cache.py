@@ -42,10 +42,10 @@ class TeacherCache:
         vals, filled = self.dir / "values.npy", self.dir / "filled.npy"
         if not vals.exists():
             np.lib.format.open_memmap(vals, mode="w+", dtype=np.float16, shape=shape).flush()
-            np.lib.format.open_memmap(filled, mode="w+", dtype=np.uint8,
-                                      shape=(self.num_rows,)).flush()
-            (self.dir / "meta.json").write_text(json.dumps({"width": width,
-                                                            "rows": self.num_rows}))
+            np.lib.format.open_memmap(
+                filled, mode="w+", dtype=np.uint8, shape=(self.num_rows,)
+            ).flush()
+            (self.dir / "meta.json").write_text(json.dumps({"width": width, "rows": self.num_rows}))
         self.values = np.load(vals, mmap_mode="r+")
         self.filled = np.load(filled, mmap_mode="r+")
 

@@ -5,9 +5,8 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-from transformers import PreTrainedModel
-
 from torch.utils.data import DataLoader
+from transformers import PreTrainedModel
 
 from slimformer.data.batching import LengthGroupedBatchSampler
 from slimformer.methods.distill.teacher_cache import TeacherCache
@@ -15,8 +14,9 @@ from slimformer.tasks.base import Task
 
 
 class TeacherTargets:
-    def __init__(self, task: Task, cache: TeacherCache,
-                 load_teacher: Callable[[], PreTrainedModel]) -> None:
+    def __init__(
+        self, task: Task, cache: TeacherCache, load_teacher: Callable[[], PreTrainedModel]
+    ) -> None:
         self.task = task
         self.cache = cache
         self._load_teacher = load_teacher
@@ -37,8 +37,10 @@ class TeacherTargets:
         if self._teacher is None:
             self._teacher = self._load_teacher().eval()
             self._teacher.to(batch["input_ids"].device)
-        sub = {k: v[torch.as_tensor(rows, device=v.device)] if torch.is_tensor(v) else v
-               for k, v in batch.items()}
+        sub = {
+            k: v[torch.as_tensor(rows, device=v.device)] if torch.is_tensor(v) else v
+            for k, v in batch.items()
+        }
         out = self.task.forward(self._teacher, sub).values
         self.cache.write(idx[rows], out)
         self.teacher_examples += len(rows)
@@ -46,8 +48,9 @@ class TeacherTargets:
     def all_values(self, ds, collate, batch_size: int = 128) -> np.ndarray:
         """Outputs for every row of ``ds`` (N, D), running the teacher only on uncached rows."""
         if self.cache.missing(np.arange(len(ds))).any():
-            sampler = LengthGroupedBatchSampler([len(x) for x in ds["input_ids"]], batch_size,
-                                                seed=0, shuffle=False)
+            sampler = LengthGroupedBatchSampler(
+                [len(x) for x in ds["input_ids"]], batch_size, seed=0, shuffle=False
+            )
             for batch in DataLoader(ds, batch_sampler=sampler, collate_fn=collate):
                 self(batch)
             self.cache.flush()

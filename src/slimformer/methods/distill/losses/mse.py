@@ -7,8 +7,9 @@ from slimformer.methods.distill.losses.base import HARD_LOSSES, SOFT_LOSSES, mas
 
 
 @SOFT_LOSSES.register("mse")
-def soft_mse(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor,
-             temperature: float = 1.0) -> torch.Tensor:
+def soft_mse(
+    student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor, temperature: float = 1.0
+) -> torch.Tensor:
     per_position = (student.float() - teacher.float()).pow(2).mean(-1)  # (N,)
     return masked_mean(per_position, mask)
 
