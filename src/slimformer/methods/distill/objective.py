@@ -6,6 +6,7 @@ fine-tuning, so finetune and distill share one training loop and one loss path.
 
 from collections.abc import Callable
 
+import torch
 from pydantic import Field, field_validator
 
 from slimformer.config import StrictConfig
@@ -13,7 +14,7 @@ from slimformer.methods.distill.losses import HARD_LOSSES, SOFT_LOSSES
 from slimformer.methods.distill.schedules import ScheduledValue, bounds, value_at
 from slimformer.tasks.base import Task
 
-LossFn = Callable[[object, dict, float], tuple["torch.Tensor", dict[str, float]]]  # noqa: F821
+LossFn = Callable[[object, dict, float], tuple[torch.Tensor, dict[str, float]]]
 
 
 class DistillLossConfig(StrictConfig):
@@ -53,8 +54,8 @@ class DistillLossConfig(StrictConfig):
 
 
 def make_loss_fn(
-    task: Task, cfg: DistillLossConfig, teacher_targets: Callable[[dict], "torch.Tensor"] | None
-) -> LossFn:  # noqa: F821
+    task: Task, cfg: DistillLossConfig, teacher_targets: Callable[[dict], torch.Tensor] | None
+) -> LossFn:
     """Build ``loss_fn(model, batch, progress) -> (loss, logs)`` for the training loop."""
     soft = SOFT_LOSSES.get(cfg.soft)
     hard = HARD_LOSSES.get(cfg.hard) if cfg.hard else None
