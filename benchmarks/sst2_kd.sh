@@ -4,10 +4,11 @@
 #   2. same recipe again: the teacher runs zero times (report: teacher_forward_examples = 0);
 #   3. kill -9 in the middle of training, then the same command with --resume.
 # Usage: bash benchmarks/sst2_kd.sh [OUT_ROOT]   (about 40 minutes on 2 cores)
+#   SKIP_COLD=1 CACHE=~/.cache/slimformer: reuse an existing run 1 and its cache
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-runs/bench-sst2}
-CACHE=$OUT/cache
+CACHE=${CACHE:-$OUT/cache}
 SF=.venv/bin/slimformer
 mkdir -p "$OUT"
 lscpu | grep "Model name" | tee "$OUT/cpu.txt"

@@ -71,16 +71,19 @@ def read_table(
         )
     if kind != "parquet":
         check_utf8(path)
+    empty = DataError(f"{path} has no rows. Point data.train / data.eval to a file with data.")
     try:
         ds = _read_local(path, kind, header, column_names)
     except DataError:
         raise
     except Exception as e:  # datasets/pyarrow wrap parse errors in many types
+        if "corresponds to no data" in str(e) or path.stat().st_size == 0:
+            raise empty from None
         raise DataError(
             f"Could not read {path} as {kind}: {e}. Check data.format and the file's contents."
         ) from e
     if len(ds) == 0:
-        raise DataError(f"{path} has no rows. Point data.train / data.eval to a file with data.")
+        raise empty
     return ds
 
 

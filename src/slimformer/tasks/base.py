@@ -33,8 +33,11 @@ class Task(ABC):
     primary_metric: str
     auto_class: type
 
-    def load_model(self, ref: str, trust_remote_code: bool = False) -> PreTrainedModel:
-        return self.auto_class.from_pretrained(ref, trust_remote_code=trust_remote_code)
+    def load_model(
+        self, ref: str, trust_remote_code: bool = False, **kwargs
+    ) -> PreTrainedModel:
+        """``kwargs`` go to ``from_pretrained`` (e.g. label maps for a new classification head)."""
+        return self.auto_class.from_pretrained(ref, trust_remote_code=trust_remote_code, **kwargs)
 
     @abstractmethod
     def raw_splits(self, data: DataConfig, seed: int) -> tuple[datasets.Dataset, datasets.Dataset]:

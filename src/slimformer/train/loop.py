@@ -147,6 +147,12 @@ def train(
         batches = accelerator.skip_first_batches(loader, skip) if skip else loader
         started = time.perf_counter()
         for batch in batches:
+            # Dropout depends only on (seed, batch, rank): a resumed run replays the same masks
+            # whatever else consumed the global RNG (data-loader iterators, evaluation).
+            torch.manual_seed(
+                hash((seed, state["epoch"], state["batch_in_epoch"], accelerator.process_index))
+                % 2**63
+            )
             with accelerator.accumulate(model):
                 loss, logs = loss_fn(model, batch, state["step"] / total)
                 accelerator.backward(loss)
