@@ -33,9 +33,7 @@ class Task(ABC):
     primary_metric: str
     auto_class: type
 
-    def load_model(
-        self, ref: str, trust_remote_code: bool = False, **kwargs
-    ) -> PreTrainedModel:
+    def load_model(self, ref: str, trust_remote_code: bool = False, **kwargs) -> PreTrainedModel:
         """``kwargs`` go to ``from_pretrained`` (e.g. label maps for a new classification head)."""
         return self.auto_class.from_pretrained(ref, trust_remote_code=trust_remote_code, **kwargs)
 
