@@ -17,6 +17,7 @@ FLOORS = {
     "methods": 2,
     "train": 2,
     "eval": 3,
+    "export": 3,
     "pipeline": 4,
     "cli": 5,
     "api": 5,

@@ -23,3 +23,7 @@ class ModelError(SlimformerError):
 
 class OutputExistsError(SlimformerError):
     """The run folder exists and neither --overwrite nor --resume was given."""
+
+
+class ExportError(SlimformerError):
+    """A model cannot be exported, quantized, or its export does not match PyTorch."""

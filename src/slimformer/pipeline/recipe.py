@@ -12,6 +12,7 @@ from pydantic import BaseModel, Field, ValidationError, model_validator
 from slimformer.config import StrictConfig
 from slimformer.data.config import DataConfig
 from slimformer.errors import RecipeError
+from slimformer.export.ort_quantize import QuantizeConfig
 from slimformer.methods.distill.objective import DistillLossConfig
 from slimformer.models.student import StudentConfig
 from slimformer.train.config import TrainConfig
@@ -32,25 +33,45 @@ class FinetuneStage(TrainConfig):
     hard: Literal["ce", "mse"] | None = Field(None, description="default: ce, mse if regression")
 
 
+class ExportStage(StrictConfig):
+    """Export to ONNX (dynamic axes, ORT fusions) and check parity with PyTorch on eval data."""
+
+    opset: int = Field(17, description="ONNX opset, 14..21")
+    optimize: bool = Field(True, description="ONNX Runtime transformer fusions")
+    parity_max_abs_diff: float = Field(1e-3, gt=0)
+    parity_min_agreement: float = Field(0.999, gt=0, le=1)
+
+
+class QuantizeStage(QuantizeConfig):
+    """INT8 with ONNX Runtime (exports first if the input is a PyTorch model)."""
+
+    opset: int = 17
+
+
+STAGE_KINDS = ("distill", "finetune", "export", "quantize")
+
+
 class StageEntry(StrictConfig):
-    """One list item: exactly one of ``distill:`` / ``finetune:``."""
+    """One list item: exactly one of ``distill:``, ``finetune:``, ``export:``, ``quantize:``."""
 
     distill: DistillStage | None = None
     finetune: FinetuneStage | None = None
+    export: ExportStage | None = None
+    quantize: QuantizeStage | None = None
 
     @model_validator(mode="after")
     def _exactly_one(self) -> "StageEntry":
-        if sum(v is not None for v in (self.distill, self.finetune)) != 1:
-            raise ValueError("each stage must have exactly one key: distill or finetune")
+        if sum(getattr(self, k) is not None for k in STAGE_KINDS) != 1:
+            raise ValueError(f"each stage must have exactly one key: {', '.join(STAGE_KINDS)}")
         return self
 
     @property
     def kind(self) -> str:
-        return "distill" if self.distill is not None else "finetune"
+        return next(k for k in STAGE_KINDS if getattr(self, k) is not None)
 
     @property
-    def config(self) -> DistillStage | FinetuneStage:
-        return self.distill if self.distill is not None else self.finetune
+    def config(self) -> StrictConfig:
+        return getattr(self, self.kind)
 
 
 class ReportConfig(StrictConfig):

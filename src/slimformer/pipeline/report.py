@@ -5,14 +5,14 @@ Stable keys (later capabilities add keys, never rename these): ``teacher`` and `
 """
 
 import platform
-from pathlib import Path
 
 import torch
-from transformers import PreTrainedModel
 
-from slimformer.eval.latency import count_params, measure_latency
-from slimformer.models.loading import size_on_disk_mb
+from slimformer.eval.latency import measure_latency
+from slimformer.eval.variants import Variant
 from slimformer.utils.cpu import cpu_name
+
+Measured = tuple[str, Variant, dict]  # (reference shown in the report, variant, metrics)
 
 
 def machine_info() -> dict:
@@ -24,33 +24,39 @@ def machine_info() -> dict:
     }
 
 
-def model_entry(
-    ref: str, model: PreTrainedModel, folder: Path, metrics: dict, latency: dict
-) -> dict:
+def entry(ref: str, variant: Variant, metrics: dict, latency: dict) -> dict:
     return {
         "model": ref,
+        "runtime": variant.runtime,
         "metrics": metrics,
-        "params": count_params(model),
-        "size_mb": round(size_on_disk_mb(folder), 3),
+        "params": variant.params,
+        "size_mb": round(variant.size_mb, 3),
         "latency_ms": latency,
     }
 
 
 def build_report(
     task: str,
-    teacher: tuple | None,
-    student: tuple,
+    teacher: Measured | None,
+    student: Measured,
     stages: list[dict],
     batch_sizes: list[int],
     seq_len: int,
     repeats: int,
 ) -> dict:
-    """``teacher``/``student`` = (ref, model, folder, metrics); latency measured here."""
-    models = {"student": student[1]} | ({"teacher": teacher[1]} if teacher else {})
-    latency = measure_latency(models, tuple(batch_sizes), seq_len, repeats)
-    report = {"task": task}
-    report["teacher"] = model_entry(*teacher, latency["teacher"]) if teacher else None
-    report["student"] = model_entry(*student, latency["student"])
+    """Latency of teacher and student measured here, interleaved in this process."""
+    measured = {"student": student} | ({"teacher": teacher} if teacher else {})
+    latency = measure_latency(
+        {k: (v[1].run, v[1].vocab_size) for k, v in measured.items()},
+        tuple(batch_sizes),
+        seq_len,
+        repeats,
+    )
+    report = {
+        "task": task,
+        "teacher": entry(*teacher, latency["teacher"]) if teacher else None,
+        "student": entry(*student, latency["student"]),
+    }
     report["speedup"] = (
         {k: round(latency["teacher"][k] / latency["student"][k], 3) for k in latency["student"]}
         if teacher

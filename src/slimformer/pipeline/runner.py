@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from slimformer.errors import OutputExistsError
-from slimformer.eval.predict import evaluate
+from slimformer.eval.variants import load_variant, torch_variant
 from slimformer.pipeline.context import RunContext, build_context, teacher_eval_values
 from slimformer.pipeline.recipe import Recipe, dump_recipe
 from slimformer.pipeline.report import build_report
@@ -73,11 +73,9 @@ def run_recipe(
             info = json.loads(done.read_text())
             log.info("stage %d (%s) already finished; skipping", i, entry.kind)
         else:
-            model = (
-                ctx.initial_student() if model_dir is None else ctx.task.load_model(str(model_dir))
-            )
             log.info("stage %d: %s", i, entry.kind)
-            out_dir, info = STAGES.get(entry.kind)(ctx, entry.config, model, stage_dir, resume)
+            run_stage = STAGES.get(entry.kind)
+            out_dir, info = run_stage(ctx, entry.config, model_dir, stage_dir, resume)
             info = {
                 "stage": i,
                 "kind": entry.kind,
@@ -103,18 +101,23 @@ def run_recipe(
 
 
 def final_report(ctx: RunContext, model_dir: Path, stages: list[dict]) -> dict:
-    student = ctx.task.load_model(str(model_dir)).eval()
-    teacher_entry, reference = None, None
+    student = load_variant(model_dir, ctx.task)
+    teacher, reference = None, None
     if ctx.teacher_ref:
         reference = teacher_eval_values(ctx)
-        teacher_metrics = ctx.task.metrics(reference, _labels(ctx), reference)
-        teacher_entry = (ctx.teacher_ref, ctx.load_teacher(), _teacher_folder(ctx), teacher_metrics)
-    metrics = evaluate(student, ctx.task, ctx.eval_ds, ctx.collate, reference)
+        teacher_variant = torch_variant(ctx.load_teacher(), _teacher_folder(ctx), ctx.task)
+        teacher = (
+            ctx.teacher_ref,
+            teacher_variant,
+            ctx.task.metrics(reference, _labels(ctx), reference),
+        )
+    values = student.predict(ctx.eval_ds, ctx.collate)
+    metrics = ctx.task.metrics(values, _labels(ctx), reference)
     r = ctx.recipe.report
     report = build_report(
         ctx.task.name,
-        teacher_entry,
-        (str(model_dir), student, model_dir, metrics),
+        teacher,
+        (str(model_dir), student, metrics),
         stages,
         r.batch_sizes,
         r.seq_len,
@@ -123,9 +126,9 @@ def final_report(ctx: RunContext, model_dir: Path, stages: list[dict]) -> dict:
     report["student"]["init"] = ctx.student_info
     if ctx.task.primary_metric == "fidelity":
         report["fidelity"] = metrics.get("fidelity")
-    elif teacher_entry is not None and ctx.task.primary_metric in metrics:
+    elif teacher is not None and ctx.task.primary_metric in metrics:
         m = ctx.task.primary_metric
-        report["retained"] = round(metrics[m] / teacher_entry[3][m], 4)
+        report["retained"] = round(metrics[m] / teacher[2][m], 4)
     return report
 
 

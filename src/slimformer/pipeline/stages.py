@@ -5,20 +5,39 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 from transformers import PreTrainedModel
 
-from slimformer.eval.predict import evaluate
+from slimformer.errors import RecipeError
+from slimformer.eval.predict import evaluate, predict
+from slimformer.eval.variants import is_onnx_folder, onnx_variant
+from slimformer.export.onnx_export import export_onnx
+from slimformer.export.ort_quantize import QuantizeConfig, quantize_onnx
+from slimformer.export.parity import check_parity, parity
 from slimformer.methods.distill.objective import DistillLossConfig, make_loss_fn
 from slimformer.pipeline.context import RunContext, teacher_eval_values
-from slimformer.pipeline.recipe import DistillStage, FinetuneStage
+from slimformer.pipeline.recipe import DistillStage, ExportStage, FinetuneStage, QuantizeStage
 from slimformer.registry import Registry
 from slimformer.tasks.sequence_classification import is_regression
 from slimformer.train.config import TrainConfig
 from slimformer.train.loop import TrainResult, train
+from slimformer.utils.atomic import atomic_dir
 
 log = logging.getLogger("slimformer")
 StageFn = Callable[..., tuple[Path, dict]]
 STAGES: Registry[StageFn] = Registry("stage")
+
+
+def trainable_model(ctx: RunContext, model_dir: Path | None) -> PreTrainedModel:
+    """The stage's input as a PyTorch model: the recipe's student, or the last stage's output."""
+    if model_dir is None:
+        return ctx.initial_student()
+    if is_onnx_folder(model_dir):
+        raise RecipeError(
+            f"Stage input {model_dir} is an ONNX model, which cannot be trained. Put training "
+            f"stages (distill, finetune) before export/quantize stages in the recipe."
+        )
+    return ctx.task.load_model(str(model_dir))
 
 
 def _train_config(cfg: TrainConfig) -> TrainConfig:
@@ -41,8 +60,9 @@ def _eval_fn(ctx: RunContext, reference):
 
 @STAGES.register("distill")
 def distill_stage(
-    ctx: RunContext, cfg: DistillStage, model: PreTrainedModel, stage_dir: Path, resume: bool
+    ctx: RunContext, cfg: DistillStage, model_dir: Path | None, stage_dir: Path, resume: bool
 ) -> tuple[Path, dict]:
+    model = trainable_model(ctx, model_dir)
     targets = ctx.teacher_targets(ctx.train_ds)
     before = targets.cache.filled_count
     log.info(
@@ -84,8 +104,9 @@ def distill_stage(
 
 @STAGES.register("finetune")
 def finetune_stage(
-    ctx: RunContext, cfg: FinetuneStage, model: PreTrainedModel, stage_dir: Path, resume: bool
+    ctx: RunContext, cfg: FinetuneStage, model_dir: Path | None, stage_dir: Path, resume: bool
 ) -> tuple[Path, dict]:
+    model = trainable_model(ctx, model_dir)
     hard = cfg.hard or ("mse" if is_regression(model.config) else "ce")
     loss_fn = make_loss_fn(ctx.task, DistillLossConfig(alpha=0.0, hard=hard), None)
     result = train(
@@ -107,3 +128,57 @@ def finetune_stage(
 
 def _finetune_metric(model: PreTrainedModel) -> str:
     return "spearman" if is_regression(model.config) else "accuracy"
+
+
+@STAGES.register("export")
+def export_stage(
+    ctx: RunContext, cfg: ExportStage, model_dir: Path | None, stage_dir: Path, resume: bool
+) -> tuple[Path, dict]:
+    model = trainable_model(ctx, model_dir)
+    out = stage_dir / "model"
+    with atomic_dir(out) as tmp:
+        export_onnx(model, ctx.tokenizer, tmp, opset=cfg.opset, optimize=cfg.optimize)
+        result = check_parity(
+            predict(model, ctx.task, ctx.eval_ds, ctx.collate),
+            onnx_variant(tmp).predict(ctx.eval_ds, ctx.collate),
+            cfg.parity_max_abs_diff,
+            cfg.parity_min_agreement,
+        )
+    log.info("ONNX parity on %d eval examples: %s", len(ctx.eval_ds), result)
+    return out, {"parity": result, "opset": cfg.opset}
+
+
+@STAGES.register("quantize")
+def quantize_stage(
+    ctx: RunContext, cfg: QuantizeStage, model_dir: Path | None, stage_dir: Path, resume: bool
+) -> tuple[Path, dict]:
+    info: dict = {}
+    source = model_dir
+    if source is None or not is_onnx_folder(source):  # export the PyTorch model first
+        source, export_info = export_stage(
+            ctx, ExportStage(opset=cfg.opset), model_dir, stage_dir / "fp32", resume
+        )
+        info["export"] = export_info
+    out = stage_dir / "model"
+    quant_cfg = QuantizeConfig(**{k: getattr(cfg, k) for k in QuantizeConfig.model_fields})
+    with atomic_dir(out) as tmp:
+        quantize_onnx(source, tmp, quant_cfg, ctx.train_ds, ctx.collate)
+    fp32 = onnx_variant(source).predict(ctx.eval_ds, ctx.collate)
+    int8 = onnx_variant(out).predict(ctx.eval_ds, ctx.collate)
+    labels = np.asarray(ctx.eval_ds["labels"]) if "labels" in ctx.eval_ds.column_names else None
+    before, after = ctx.task.metrics(fp32, labels, None), ctx.task.metrics(int8, labels, None)
+    info.update(
+        {
+            "config": quant_cfg.model_dump(),
+            "fp32_metrics": before,
+            "int8_metrics": after,
+            "agreement_with_fp32": parity(fp32, int8)["agreement"],
+            "size_mb": {"fp32": round(_onnx_mb(source), 3), "int8": round(_onnx_mb(out), 3)},
+        }
+    )
+    log.info("quantized (%s): %s -> %s", cfg.method, before, after)
+    return out, info
+
+
+def _onnx_mb(folder: Path) -> float:
+    return (Path(folder) / "model.onnx").stat().st_size / 2**20

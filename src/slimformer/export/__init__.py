@@ -1,0 +1,1 @@
+"""Ship a model: ONNX export with a parity check, ONNX Runtime / PyTorch INT8 quantization."""

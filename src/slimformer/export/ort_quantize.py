@@ -1,0 +1,153 @@
+"""INT8 quantization of an exported ONNX model with ONNX Runtime.
+
+- dynamic: weights INT8 ahead of time, activations quantized per batch at run time; no data.
+- static: activation ranges from calibration data (MinMax, Entropy or Percentile), QDQ format.
+  Calibration streams one batch at a time (ORT's strided collection: each stride's outputs are
+  folded into the running ranges/histograms and freed), so memory does not grow with the number
+  of calibration examples.
+"""
+
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Literal
+
+import datasets
+import onnx
+from onnxruntime.quantization import (
+    CalibrationDataReader,
+    CalibrationMethod,
+    QuantFormat,
+    QuantType,
+    quantize_dynamic,
+    quantize_static,
+)
+from onnxruntime.quantization.shape_inference import quant_pre_process
+from pydantic import Field
+from torch.utils.data import DataLoader
+
+from slimformer.config import StrictConfig
+from slimformer.errors import ExportError
+from slimformer.export.onnx_export import (
+    ONNX_FILE,
+    UNFUSED_FILE,
+    copy_side_files,
+    onnx_folder_check,
+)
+
+_CALIBRATION = {
+    "minmax": CalibrationMethod.MinMax,
+    "entropy": CalibrationMethod.Entropy,
+    "percentile": CalibrationMethod.Percentile,
+}
+
+
+class QuantizeConfig(StrictConfig):
+    method: Literal["dynamic", "static"] = "dynamic"
+    per_channel: bool = False
+    calibration: Literal["minmax", "entropy", "percentile"] = "minmax"
+    calibration_examples: int = Field(500, gt=0)
+    calibration_batch_size: int = Field(16, gt=0)
+    exclude_nodes: list[str] = Field([], description="ONNX node names kept in FP32")
+
+
+class StreamingReader(CalibrationDataReader):
+    """Feeds calibration batches lazily; ``set_range`` lets ORT process one stride at a time."""
+
+    def __init__(
+        self, ds: datasets.Dataset, collate: Callable, batch_size: int, input_names: list[str]
+    ) -> None:
+        self.ds, self.collate, self.batch_size = ds, collate, batch_size
+        self.input_names = input_names
+        self.set_range(0, len(self))
+
+    def __len__(self) -> int:
+        return (len(self.ds) + self.batch_size - 1) // self.batch_size
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        rows = range(start_index * self.batch_size, min(end_index * self.batch_size, len(self.ds)))
+        self._iter = iter(
+            DataLoader(self.ds.select(rows), batch_size=self.batch_size, collate_fn=self.collate)
+        )
+
+    def get_next(self) -> dict | None:
+        batch = next(self._iter, None)
+        if batch is None:
+            return None
+        feed = {}
+        for name in self.input_names:
+            value = batch.get(name)
+            if value is None:  # e.g. token_type_ids for a tokenizer that does not emit them
+                value = batch["input_ids"] * 0
+            feed[name] = value.numpy().astype("int64")
+        return feed
+
+
+def quantize_onnx(
+    src: Path,
+    dst_dir: Path,
+    cfg: QuantizeConfig,
+    calibration: datasets.Dataset | None = None,
+    collate: Callable | None = None,
+) -> Path:
+    """Quantize ``src`` (an exported folder or .onnx file) into ``dst_dir/model.onnx``."""
+    src_path = onnx_folder_check(src)
+    dst_dir = Path(dst_dir)
+    dst_dir.mkdir(parents=True, exist_ok=True)
+    dst = dst_dir / ONNX_FILE
+    common = dict(per_channel=cfg.per_channel, nodes_to_exclude=cfg.exclude_nodes or None)
+    if cfg.method == "dynamic":
+        # Fused contrib ops (BiasGelu, SkipLayerNorm) hide some tensor types from ONNX shape
+        # inference; they are all float32 in an exported fp32 model.
+        quantize_dynamic(
+            str(src_path),
+            str(dst),
+            weight_type=QuantType.QInt8,
+            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+            **common,
+        )
+    else:
+        if calibration is None or len(calibration) == 0:
+            raise ExportError(
+                "Static quantization needs calibration data, and the calibration "
+                "set is empty. Give data.train (or data.eval) with examples, or "
+                "use method: dynamic."
+            )
+        ds = calibration.select(range(min(cfg.calibration_examples, len(calibration))))
+        _quantize_static(src_path, dst, cfg, ds, collate, common)
+    if src_path.parent != dst_dir:
+        copy_side_files(src_path.parent, dst_dir)
+    return dst
+
+
+def _quantize_static(
+    src: Path, dst: Path, cfg: QuantizeConfig, ds: datasets.Dataset, collate: Callable, common: dict
+) -> None:
+    """QDQ static INT8 from the unfused graph: the fused contrib ops (Attention,
+    SkipLayerNormalization) defeat the quantizer's type inference; ORT fuses the QDQ graph
+    again when it loads it."""
+    unfused = src.parent / UNFUSED_FILE
+    with tempfile.TemporaryDirectory(prefix="slimformer-quant-") as tmp:
+        prepared = Path(tmp) / "prepared.onnx"
+        # ONNX shape inference is enough for the standard ops of the unfused graph
+        quant_pre_process(
+            str(unfused if unfused.exists() else src), str(prepared), skip_symbolic_shape=True
+        )
+        names = [i.name for i in onnx.load(str(prepared), load_external_data=False).graph.input]
+        reader = StreamingReader(ds, collate, cfg.calibration_batch_size, names)
+        # U8 activations / S8 weights: ORT's recommended setting for x86 CPUs.
+        quantize_static(
+            str(prepared),
+            str(dst),
+            reader,
+            quant_format=QuantFormat.QDQ,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=_CALIBRATION[cfg.calibration],
+            # MatMuls carry the compute, Gather the embedding table (most of the size). Other
+            # ops stay fp32: the additive attention mask holds -inf/min-float values that no
+            # histogram calibration can range.
+            op_types_to_quantize=["MatMul", "Gather"],
+            extra_options={"CalibStridedMinMax": 1},
+            **common,
+        )
