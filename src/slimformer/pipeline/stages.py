@@ -154,6 +154,8 @@ def quantize_stage(
 ) -> tuple[Path, dict]:
     info: dict = {}
     source = model_dir
+    if source is None and ctx.recipe.student.model and is_onnx_folder(ctx.recipe.student.model):
+        source = Path(ctx.recipe.student.model)  # an already exported model
     if source is None or not is_onnx_folder(source):  # export the PyTorch model first
         source, export_info = export_stage(
             ctx, ExportStage(opset=cfg.opset), model_dir, stage_dir / "fp32", resume
