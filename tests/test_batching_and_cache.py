@@ -37,3 +37,19 @@ def test_teacher_cache_round_trip_and_persistence(tmp_path):
     assert list(again.missing(np.array([2, 3, 5]))) == [False, True, False]
     assert torch.equal(again.read(np.array([5, 2])), torch.tensor([[0.25, 4.0], [1.5, -2.0]]))
     assert again.values.dtype == np.float16
+
+
+def test_prepared_loader_follows_our_epoch_even_after_a_skip():
+    """Accelerate re-seeds samplers with its own pass counter; the loop must win (--resume)."""
+    from accelerate import Accelerator
+    from torch.utils.data import DataLoader
+
+    sampler = LengthGroupedBatchSampler(list(range(1, 101)), 10, seed=0)
+    acc = Accelerator(cpu=True)
+    loader = acc.prepare(DataLoader(list(range(100)), batch_sampler=sampler))
+    sampler.set_epoch(1)
+    expected = sampler.batches()
+    skipped = acc.skip_first_batches(loader, 3)
+    sampler.set_epoch(1)
+    skipped.set_epoch(1)
+    assert [b.tolist() for b in skipped] == expected[3:]

@@ -50,7 +50,8 @@ def test_second_run_never_runs_the_teacher(tiny_teacher, sst2_slice, tmp_path, c
 def test_resume_after_interruption_matches_uninterrupted(
     tiny_teacher, sst2_slice, tmp_path, cache_dir, monkeypatch
 ):
-    tree = sst2_recipe(tiny_teacher, sst2_slice, epochs=2, save_every=5)
+    # 16 batches an epoch: the crash lands in epoch 2, mid-epoch, after an evaluation
+    tree = sst2_recipe(tiny_teacher, sst2_slice, epochs=2, save_every=5, eval_every=4)
     straight = run(tree, tmp_path / "straight", cache_dir)
 
     import slimformer.train.loop as loop
@@ -58,24 +59,24 @@ def test_resume_after_interruption_matches_uninterrupted(
     real_train = loop.train
     calls = {"n": 0}
 
-    def crash_after_12_steps(*args, **kwargs):
+    def crash_after_23_steps(*args, **kwargs):
         def on_step():
             calls["n"] += 1
-            if calls["n"] == 12:
+            if calls["n"] == 23:
                 raise KeyboardInterrupt
 
         return real_train(*args, **{**kwargs, "on_step": on_step})
 
     import slimformer.pipeline.stages as stages
 
-    monkeypatch.setattr(stages, "train", crash_after_12_steps)
+    monkeypatch.setattr(stages, "train", crash_after_23_steps)
     out = tmp_path / "resumed"
     with pytest.raises(KeyboardInterrupt):
         run(tree, out, cache_dir)
     assert work_dir_of(out).exists() and not out.exists()
     monkeypatch.setattr(stages, "train", real_train)
     resumed = run(tree, out, cache_dir, resume=True)
-    assert resumed["stages"][0]["resumed_from_step"] == 10
+    assert resumed["stages"][0]["resumed_from_step"] == 20
     assert resumed["student"]["metrics"]["accuracy"] == pytest.approx(
         straight["student"]["metrics"]["accuracy"], abs=0.003
     )

@@ -142,9 +142,13 @@ def train(
         disable=not accelerator.is_local_main_process,
     )
     while state["step"] < total:
-        sampler.set_epoch(state["epoch"])
         skip = state["batch_in_epoch"]
         batches = accelerator.skip_first_batches(loader, skip) if skip else loader
+        # The order must depend on our epoch only. Accelerate re-seeds samplers with its own
+        # pass counter (0 in a fresh loader after --resume, and not advanced when a pass is
+        # left early), and its skip/shard wrappers do not forward set_epoch: set both.
+        sampler.set_epoch(state["epoch"])
+        batches.set_epoch(state["epoch"])
         started = time.perf_counter()
         for batch in batches:
             # Dropout depends only on (seed, batch, rank): a resumed run replays the same masks
