@@ -54,6 +54,34 @@ def _summary(result: TrainResult) -> dict:
     }
 
 
+def _train(
+    ctx: RunContext,
+    cfg: TrainConfig,
+    model: PreTrainedModel,
+    loss_fn,
+    stage_dir: Path,
+    resume: bool,
+    reference,
+    primary_metric: str,
+    desc: str,
+) -> TrainResult:
+    """The shared loop call of the training stages (evaluated on the eval set, best kept)."""
+    return train(
+        model,
+        ctx.train_ds,
+        ctx.collate,
+        loss_fn,
+        _train_config(cfg),
+        stage_dir,
+        ctx.recipe.seed,
+        evaluate=_eval_fn(ctx, reference),
+        primary_metric=primary_metric,
+        resume=resume,
+        tokenizer=ctx.tokenizer,
+        desc=desc,
+    )
+
+
 def _eval_fn(ctx: RunContext, reference):
     return lambda model: evaluate(model, ctx.task, ctx.eval_ds, ctx.collate, reference)
 
@@ -74,19 +102,8 @@ def distill_stage(
     loss_cfg = DistillLossConfig(**{k: getattr(cfg, k) for k in DistillLossConfig.model_fields})
     loss_fn = make_loss_fn(ctx.task, loss_cfg, targets)
     reference = teacher_eval_values(ctx)
-    result = train(
-        model,
-        ctx.train_ds,
-        ctx.collate,
-        loss_fn,
-        _train_config(cfg),
-        stage_dir,
-        ctx.recipe.seed,
-        evaluate=_eval_fn(ctx, reference),
-        primary_metric=ctx.task.primary_metric,
-        resume=resume,
-        tokenizer=ctx.tokenizer,
-        desc="distill",
+    result = _train(
+        ctx, cfg, model, loss_fn, stage_dir, resume, reference, ctx.task.primary_metric, "distill"
     )
     targets.cache.flush()
     log.info(
@@ -109,19 +126,8 @@ def finetune_stage(
     model = trainable_model(ctx, model_dir)
     hard = cfg.hard or ("mse" if is_regression(model.config) else "ce")
     loss_fn = make_loss_fn(ctx.task, DistillLossConfig(alpha=0.0, hard=hard), None)
-    result = train(
-        model,
-        ctx.train_ds,
-        ctx.collate,
-        loss_fn,
-        _train_config(cfg),
-        stage_dir,
-        ctx.recipe.seed,
-        evaluate=_eval_fn(ctx, None),
-        primary_metric=_finetune_metric(model),
-        resume=resume,
-        tokenizer=ctx.tokenizer,
-        desc="finetune",
+    result = _train(
+        ctx, cfg, model, loss_fn, stage_dir, resume, None, _finetune_metric(model), "finetune"
     )
     return result.model_dir, _summary(result)
 
