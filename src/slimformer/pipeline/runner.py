@@ -16,9 +16,8 @@ import logging
 import shutil
 from pathlib import Path
 
-import numpy as np
-
 from slimformer.errors import OutputExistsError
+from slimformer.eval.predict import labels_of
 from slimformer.eval.variants import load_variant, torch_variant
 from slimformer.pipeline.context import RunContext, build_context, teacher_eval_values
 from slimformer.pipeline.recipe import Recipe, dump_recipe
@@ -109,10 +108,10 @@ def final_report(ctx: RunContext, model_dir: Path, stages: list[dict]) -> dict:
         teacher = (
             ctx.teacher_ref,
             teacher_variant,
-            ctx.task.metrics(reference, _labels(ctx), reference),
+            ctx.task.metrics(reference, labels_of(ctx.eval_ds), reference),
         )
     values = student.predict(ctx.eval_ds, ctx.collate)
-    metrics = ctx.task.metrics(values, _labels(ctx), reference)
+    metrics = ctx.task.metrics(values, labels_of(ctx.eval_ds), reference)
     r = ctx.recipe.report
     report = build_report(
         ctx.task.name,
@@ -130,10 +129,6 @@ def final_report(ctx: RunContext, model_dir: Path, stages: list[dict]) -> dict:
         m = ctx.task.primary_metric
         report["retained"] = round(metrics[m] / teacher[2][m], 4)
     return report
-
-
-def _labels(ctx: RunContext):
-    return np.asarray(ctx.eval_ds["labels"]) if "labels" in ctx.eval_ds.column_names else None
 
 
 def _teacher_folder(ctx: RunContext) -> Path:

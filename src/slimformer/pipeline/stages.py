@@ -5,11 +5,10 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 from transformers import PreTrainedModel
 
 from slimformer.errors import RecipeError
-from slimformer.eval.predict import evaluate, predict
+from slimformer.eval.predict import evaluate, labels_of, predict
 from slimformer.eval.variants import is_onnx_folder, onnx_variant
 from slimformer.export.onnx_export import export_onnx
 from slimformer.export.ort_quantize import QuantizeConfig, quantize_onnx
@@ -173,7 +172,7 @@ def quantize_stage(
         quantize_onnx(source, tmp, quant_cfg, ctx.train_ds, ctx.collate)
     fp32 = onnx_variant(source).predict(ctx.eval_ds, ctx.collate)
     int8 = onnx_variant(out).predict(ctx.eval_ds, ctx.collate)
-    labels = np.asarray(ctx.eval_ds["labels"]) if "labels" in ctx.eval_ds.column_names else None
+    labels = labels_of(ctx.eval_ds)
     before, after = ctx.task.metrics(fp32, labels, None), ctx.task.metrics(int8, labels, None)
     info.update(
         {
