@@ -11,6 +11,7 @@ FLOORS = {
     "registry": 0,
     "errors": 0,
     "utils": 0,
+    "hardware": 0,
     "data": 1,
     "models": 1,
     "tasks": 1,
@@ -18,9 +19,10 @@ FLOORS = {
     "train": 2,
     "eval": 3,
     "export": 3,
-    "pipeline": 4,
-    "cli": 5,
-    "api": 5,
+    "optimize": 4,
+    "pipeline": 5,
+    "cli": 6,
+    "api": 6,
 }
 
 

@@ -224,6 +224,50 @@ def quantize(
     return run(recipe, output, **kw)
 
 
+def optimize(
+    model: str,
+    data: str,
+    output: str | Path,
+    max_drop: float = 0.5,
+    batch_sizes: list[int] | None = None,
+    choose_by: str = "geomean",
+    threads: list[int] | None = None,
+    candidates: list[str] | None = None,
+    calibration_examples: int = 500,
+    calibration_data: str | None = None,
+    text_column: str = "text",
+    text_pair_column: str | None = None,
+    label_column: str = "label",
+    max_length: int = 128,
+    **kw: Any,
+) -> dict:
+    """The fastest deployment of ``model`` on this CPU whose metric on ``data`` drops at most
+    ``max_drop`` points; the report compares it with the same model in PyTorch fp32."""
+    stage = {
+        "optimize": {
+            "max_drop": max_drop,
+            "batch_sizes": batch_sizes or [1, 32],
+            "choose_by": choose_by,
+            "threads": threads,
+            "candidates": candidates,
+            "calibration_examples": calibration_examples,
+        }
+    }
+    recipe = _ship_recipe(
+        model,
+        data,
+        stage,
+        calibration_data,
+        text_column,
+        text_pair_column,
+        label_column,
+        max_length,
+        model,
+    )
+    recipe["report"] = {"batch_sizes": batch_sizes or [1, 32]}
+    return run(recipe, output, **kw)
+
+
 def eval(
     model: str,
     data: str,

@@ -23,6 +23,10 @@ EXAMPLES = {
     "quantize": "example:\n  slimformer quantize ../shared/models/minilm-l6-sst2 --data "
     "../shared/data/sst2/dev.tsv --text-column sentence --method static --calibration-data "
     "../shared/data/sst2/train.tsv --teacher ../shared/models/minilm-l6-sst2 --output runs/int8",
+    "optimize": "example:\n  slimformer optimize ../shared/models/minilm-l6-sst2 --data "
+    "../shared/data/sst2/dev.tsv --calibration-data ../shared/data/sst2/train.tsv "
+    "--text-column sentence --max-drop 0.3 --batch-sizes 1,32 --output runs/teacher-optimized\n"
+    "  SLIMFORMER_CPU_FEATURES_OFF=all slimformer optimize ...   (the fallback on plain CPUs)",
     "eval": "example:\n  slimformer eval runs/kd/model --data ../shared/data/sst2/dev.tsv "
     "--text-column sentence --teacher ../shared/models/minilm-l6-sst2",
 }
@@ -133,6 +137,24 @@ def build_parser() -> argparse.ArgumentParser:
     _common_run_flags(p)
 
     p = sub.add_parser(
+        "optimize",
+        help="pick the fastest fp32/bf16/int8 x PyTorch/ONNX Runtime variant within --max-drop",
+        epilog=EXAMPLES["optimize"],
+        formatter_class=fmt,
+    )
+    p.add_argument("model", help="model folder (PyTorch, save_pretrained)")
+    p.add_argument("--data", required=True, help="labeled evaluation data")
+    p.add_argument("--max-drop", type=float, default=0.5, help="points of the task metric")
+    p.add_argument("--batch-sizes", default="1,32", help="comma list, e.g. 1,8,32")
+    p.add_argument("--choose-by", default="geomean", help="'geomean' or one batch size, e.g. bs32")
+    p.add_argument("--threads", help="thread counts to try, comma list (default: current)")
+    p.add_argument("--candidates", help="comma list of candidate names (default: all supported)")
+    p.add_argument("--calibration-examples", type=int, default=500)
+    p.add_argument("--calibration-data", help="data for static calibration (default: --data)")
+    _data_flags(p, train=False)
+    _common_run_flags(p)
+
+    p = sub.add_parser(
         "eval",
         help="metrics, size and latency of a model",
         epilog=EXAMPLES["eval"],
@@ -146,11 +168,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise SlimformerError(
+            f"Expected a comma-separated list of integers, got {text!r} (e.g. 1,8,32)."
+        ) from None
+
+
 def dispatch(args: argparse.Namespace) -> dict:
     from slimformer import api
 
     run_kw = {}
-    if args.verb in ("run", "distill", "finetune", "export", "quantize"):
+    if args.verb in ("run", "distill", "finetune", "export", "quantize", "optimize"):
         run_kw = dict(
             resume=args.resume,
             overwrite=args.overwrite,
@@ -222,6 +253,21 @@ def dispatch(args: argparse.Namespace) -> dict:
             calibration_examples=args.calibration_examples,
             calibration_data=args.calibration_data,
             teacher=args.teacher,
+            **data_kw,
+            **run_kw,
+        )
+    if args.verb == "optimize":
+        return api.optimize(
+            args.model,
+            args.data,
+            args.output,
+            max_drop=args.max_drop,
+            batch_sizes=_int_list(args.batch_sizes),
+            choose_by=args.choose_by,
+            threads=_int_list(args.threads) if args.threads else None,
+            candidates=args.candidates.split(",") if args.candidates else None,
+            calibration_examples=args.calibration_examples,
+            calibration_data=args.calibration_data,
             **data_kw,
             **run_kw,
         )

@@ -43,4 +43,6 @@ def measure_latency(
 
 
 def count_params(model: PreTrainedModel) -> int:
-    return sum(p.numel() for p in model.parameters())
+    """Parameters; for an exported graph, whose weights are constants, its floating buffers."""
+    n = sum(p.numel() for p in model.parameters())
+    return n or sum(b.numel() for b in model.buffers() if b.is_floating_point())

@@ -7,7 +7,7 @@ from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
 
 from slimformer.errors import ModelError
 
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf")
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt2")
 
 
 def resolve_model_ref(ref: str) -> str:

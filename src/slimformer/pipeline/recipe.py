@@ -15,6 +15,7 @@ from slimformer.errors import RecipeError
 from slimformer.export.ort_quantize import QuantizeConfig
 from slimformer.methods.distill.objective import DistillLossConfig
 from slimformer.models.student import StudentConfig
+from slimformer.optimize.config import OptimizeConfig
 from slimformer.train.config import TrainConfig
 
 
@@ -48,16 +49,22 @@ class QuantizeStage(QuantizeConfig):
     opset: int = Field(17, ge=14, le=21, description="ONNX opset of the fp32 export")
 
 
-STAGE_KINDS = ("distill", "finetune", "export", "quantize")
+class OptimizeStage(OptimizeConfig):
+    """Try fp32/bf16/int8 x PyTorch/ONNX Runtime x compiled, keep the fastest within max_drop."""
+
+
+STAGE_KINDS = ("distill", "finetune", "export", "quantize", "optimize")
 
 
 class StageEntry(StrictConfig):
-    """One list item: exactly one of ``distill:``, ``finetune:``, ``export:``, ``quantize:``."""
+    """One list item: exactly one of ``distill:``, ``finetune:``, ``export:``, ``quantize:``,
+    ``optimize:``."""
 
     distill: DistillStage | None = None
     finetune: FinetuneStage | None = None
     export: ExportStage | None = None
     quantize: QuantizeStage | None = None
+    optimize: OptimizeStage | None = None
 
     @model_validator(mode="after")
     def _exactly_one(self) -> "StageEntry":

@@ -10,7 +10,7 @@ import torch
 
 from slimformer.eval.latency import measure_latency
 from slimformer.eval.variants import Variant
-from slimformer.utils.cpu import cpu_name
+from slimformer.hardware.cpu_features import cpu_name, detect_cpu
 
 Measured = tuple[str, Variant, dict]  # (reference shown in the report, variant, metrics)
 
@@ -18,6 +18,7 @@ Measured = tuple[str, Variant, dict]  # (reference shown in the report, variant,
 def machine_info() -> dict:
     return {
         "cpu": cpu_name(),
+        "cpu_features": detect_cpu().as_report(),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "python": platform.python_version(),

@@ -14,8 +14,16 @@ from slimformer.export.onnx_export import export_onnx
 from slimformer.export.ort_quantize import QuantizeConfig, quantize_onnx
 from slimformer.export.parity import check_parity, parity
 from slimformer.methods.distill.objective import DistillLossConfig, make_loss_fn
+from slimformer.optimize.config import OptimizeConfig
+from slimformer.optimize.optimizer import copy_choice, optimize_model
 from slimformer.pipeline.context import RunContext, teacher_eval_values
-from slimformer.pipeline.recipe import DistillStage, ExportStage, FinetuneStage, QuantizeStage
+from slimformer.pipeline.recipe import (
+    DistillStage,
+    ExportStage,
+    FinetuneStage,
+    OptimizeStage,
+    QuantizeStage,
+)
 from slimformer.registry import Registry
 from slimformer.tasks.sequence_classification import is_regression
 from slimformer.train.config import TrainConfig
@@ -189,3 +197,31 @@ def quantize_stage(
 
 def _onnx_mb(folder: Path) -> float:
     return (Path(folder) / "model.onnx").stat().st_size / 2**20
+
+
+@STAGES.register("optimize")
+def optimize_stage(
+    ctx: RunContext, cfg: OptimizeStage, model_dir: Path | None, stage_dir: Path, resume: bool
+) -> tuple[Path, dict]:
+    if model_dir is not None and is_onnx_folder(model_dir):
+        raise RecipeError(
+            f"Stage input {model_dir} is an ONNX model; optimize builds its ONNX candidates "
+            f"itself from the PyTorch model. Put optimize after the training stages instead of "
+            f"export/quantize."
+        )
+    model = trainable_model(ctx, model_dir)
+    opt_cfg = OptimizeConfig(**{k: getattr(cfg, k) for k in OptimizeConfig.model_fields})
+    chosen, info = optimize_model(
+        model,
+        ctx.tokenizer,
+        ctx.task,
+        ctx.eval_ds,
+        ctx.train_ds,
+        ctx.collate,
+        opt_cfg,
+        stage_dir / "work",
+    )
+    out = stage_dir / "model"
+    with atomic_dir(out) as tmp:
+        copy_choice(chosen, tmp)
+    return out, info

@@ -1,0 +1,1 @@
+"""What the CPU can do: its matrix/vector features and its measured peaks."""
