@@ -17,7 +17,7 @@ def _operands(precision: str, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.randn(n, n, generator=g).to(dtype), torch.randn(n, n, generator=g).to(dtype)
 
 
-def matmul_peak(precision: str, n: int = 1024, repeats: int = 10) -> float:
+def matmul_peak(precision: str, n: int = 1024, repeats: int = 20) -> float:
     """Best-of-``repeats`` GFLOP/s (GOP/s for int8) of an n x n x n matmul at the current threads.
     int8 uses ``torch._int_mm`` (int8 x int8 -> int32), the kernel that reaches VNNI/AMX."""
     a, b = _operands(precision, n)

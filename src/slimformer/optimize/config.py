@@ -1,8 +1,9 @@
 """Settings of the optimize stage / command."""
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from slimformer.config import StrictConfig
+from slimformer.optimize.candidates import BY_NAME
 
 
 class OptimizeConfig(StrictConfig):
@@ -15,6 +16,14 @@ class OptimizeConfig(StrictConfig):
     threads: list[int] | None = Field(None, description="thread counts to try; default: current")
     calibration_examples: int = Field(500, gt=0)
 
+    @field_validator("candidates")
+    @classmethod
+    def _known(cls, v: list[str] | None) -> list[str] | None:
+        unknown = [n for n in v or [] if n not in BY_NAME]
+        if unknown:
+            raise ValueError(f"unknown candidate(s) {unknown}; known: {', '.join(BY_NAME)}")
+        return v
+
     @field_validator("batch_sizes")
     @classmethod
     def _positive(cls, v: list[int]) -> list[int]:
@@ -22,9 +31,11 @@ class OptimizeConfig(StrictConfig):
             raise ValueError("batch sizes must be positive")
         return v
 
-    def model_post_init(self, _ctx) -> None:
+    @model_validator(mode="after")
+    def _choose_by_measured(self) -> "OptimizeConfig":
         names = {f"bs{b}" for b in self.batch_sizes}
         if self.choose_by != "geomean" and self.choose_by not in names:
             raise ValueError(
                 f"choose_by {self.choose_by!r} must be 'geomean' or one of {sorted(names)}"
             )
+        return self
