@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from slimformer.config import StrictConfig
 from slimformer.data.config import DataConfig
@@ -49,11 +49,47 @@ class QuantizeStage(QuantizeConfig):
     opset: int = Field(17, ge=14, le=21, description="ONNX opset of the fp32 export")
 
 
+class PruneStage(DistillStage):
+    """Remove heads / FFN neurons / layers in ``iterations`` steps, each recovered with KD
+    (the distill settings: ``epochs`` is the recovery per iteration)."""
+
+    heads: float = Field(0.0, description="fraction of attention heads removed, [0, 1)")
+    ffn: float = Field(0.0, description="fraction of FFN neurons removed, [0, 1)")
+    layers: int = Field(0, ge=0, description="whole layers removed (lowest drop-one loss)")
+    ffn_importance: Literal["taylor", "magnitude"] = "taylor"
+    iterations: int = Field(1, ge=1)
+    importance_examples: int = Field(512, gt=0)
+    recover: bool = Field(True, description="KD recovery after each pruning step")
+
+    @field_validator("heads", "ffn")
+    @classmethod
+    def _fraction(cls, v: float) -> float:
+        if not 0 <= v < 1:
+            raise ValueError("fraction of units to remove must be in [0, 1) (0.5 removes half)")
+        return v
+
+
+class SparsifyStage(DistillStage):
+    """Unstructured magnitude pruning to ``sparsity`` (global or per layer) on a cubic schedule
+    over ``iterations`` steps, each recovered with KD; masks made permanent at the end."""
+
+    sparsity: float = Field(0.5, description="fraction of Linear weights set to zero, [0, 1)")
+    scope: Literal["global", "per_layer"] = "global"
+    iterations: int = Field(3, ge=1)
+
+    @field_validator("sparsity")
+    @classmethod
+    def _fraction(cls, v: float) -> float:
+        if not 0 <= v < 1:
+            raise ValueError("sparsity must be in [0, 1)")
+        return v
+
+
 class OptimizeStage(OptimizeConfig):
     """Try fp32/bf16/int8 x PyTorch/ONNX Runtime x compiled, keep the fastest within max_drop."""
 
 
-STAGE_KINDS = ("distill", "finetune", "export", "quantize", "optimize")
+STAGE_KINDS = ("distill", "finetune", "prune", "sparsify", "export", "quantize", "optimize")
 
 
 class StageEntry(StrictConfig):
@@ -62,6 +98,8 @@ class StageEntry(StrictConfig):
 
     distill: DistillStage | None = None
     finetune: FinetuneStage | None = None
+    prune: PruneStage | None = None
+    sparsify: SparsifyStage | None = None
     export: ExportStage | None = None
     quantize: QuantizeStage | None = None
     optimize: OptimizeStage | None = None
@@ -102,8 +140,9 @@ class Recipe(StrictConfig):
 
     @model_validator(mode="after")
     def _teacher_when_distilling(self) -> "Recipe":
-        if self.teacher is None and any(s.kind == "distill" for s in self.stages):
-            raise ValueError("a distill stage needs a teacher: add `teacher: {model: ...}`")
+        for s in self.stages:
+            if self.teacher is None and s.kind in ("distill", "prune", "sparsify"):
+                raise ValueError(f"a {s.kind} stage needs a teacher: add `teacher: {{model: ...}}`")
         if self.teacher is None and self.student.model is None:
             raise ValueError("without a teacher, set student.model to the model to fine-tune")
         return self

@@ -19,6 +19,7 @@ from pathlib import Path
 from slimformer.errors import OutputExistsError
 from slimformer.eval.predict import labels_of
 from slimformer.eval.variants import load_variant, torch_variant
+from slimformer.pipeline import prune_stages  # noqa: F401  (registers prune, sparsify)
 from slimformer.pipeline.context import RunContext, build_context, teacher_eval_values
 from slimformer.pipeline.recipe import Recipe, dump_recipe
 from slimformer.pipeline.report import build_report

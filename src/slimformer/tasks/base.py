@@ -34,8 +34,11 @@ class Task(ABC):
     auto_class: type
 
     def load_model(self, ref: str, trust_remote_code: bool = False, **kwargs) -> PreTrainedModel:
-        """``kwargs`` go to ``from_pretrained`` (e.g. label maps for a new classification head)."""
-        return self.auto_class.from_pretrained(ref, trust_remote_code=trust_remote_code, **kwargs)
+        """``kwargs`` go to ``from_pretrained`` (e.g. label maps for a new classification head).
+        Pruned folders (smaller heads/FFN than their config says) get their shapes first."""
+        from slimformer.models.prune import load_pretrained
+
+        return load_pretrained(self.auto_class, ref, trust_remote_code=trust_remote_code, **kwargs)
 
     @abstractmethod
     def raw_splits(self, data: DataConfig, seed: int) -> tuple[datasets.Dataset, datasets.Dataset]:

@@ -1,0 +1,1 @@
+"""Structured and unstructured pruning: importance scores, what to keep, magnitude masks."""
