@@ -14,3 +14,20 @@ def flops_per_example(model: torch.nn.Module, seq_len: int = 64) -> int:
     with FlopCounterMode(display=False) as counter, torch.inference_mode():
         model(**feed)
     return int(counter.get_total_flops())
+
+
+def folder_flops(folder, auto_class, seq_len: int = 64) -> int | None:
+    """FLOPs per example of the architecture in ``folder`` (PyTorch, ONNX or compiled variant:
+    the arithmetic is the config's, pruned shapes included), or None if it cannot be built."""
+    from transformers import AutoConfig
+
+    from slimformer.models.prune import PLAN_ATTR, is_pruned, shape_like_plan
+
+    try:
+        config = AutoConfig.from_pretrained(folder)
+        model = auto_class.from_config(config)
+        if is_pruned(config):
+            shape_like_plan(model, getattr(config, PLAN_ATTR))
+        return flops_per_example(model.eval(), seq_len)
+    except Exception:  # noqa: BLE001  (a FLOP count must never fail a report)
+        return None

@@ -122,6 +122,7 @@ def final_report(ctx: RunContext, model_dir: Path, stages: list[dict]) -> dict:
         r.batch_sizes,
         r.seq_len,
         r.repeats,
+        ctx.task.auto_class,
     )
     report["student"]["init"] = ctx.student_info
     if ctx.task.primary_metric == "fidelity":
