@@ -20,6 +20,7 @@ FLOORS = {
     "eval": 3,
     "export": 3,
     "optimize": 4,
+    "serve": 4,
     "pipeline": 5,
     "cli": 6,
     "api": 6,

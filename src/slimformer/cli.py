@@ -27,6 +27,9 @@ EXAMPLES = {
     "../shared/data/sst2/dev.tsv --calibration-data ../shared/data/sst2/train.tsv "
     "--text-column sentence --max-drop 0.3 --batch-sizes 1,32 --output runs/teacher-optimized\n"
     "  SLIMFORMER_CPU_FEATURES_OFF=all slimformer optimize ...   (the fallback on plain CPUs)",
+    "serve": "example:\n  slimformer serve runs/student-optimized/model --port 8000\n"
+    "  curl -s localhost:8000/predict -H 'content-type: application/json' "
+    '-d \'{"texts": ["a gorgeous film"]}\'',
     "eval": "example:\n  slimformer eval runs/kd/model --data ../shared/data/sst2/dev.tsv "
     "--text-column sentence --teacher ../shared/models/minilm-l6-sst2",
 }
@@ -155,6 +158,22 @@ def build_parser() -> argparse.ArgumentParser:
     _common_run_flags(p)
 
     p = sub.add_parser(
+        "serve",
+        help="HTTP server with dynamic batching (POST /predict, /health, /metrics)",
+        epilog=EXAMPLES["serve"],
+        formatter_class=fmt,
+    )
+    p.add_argument("model", help="any model folder slimformer writes (PyTorch, ONNX, optimized)")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--max-batch-size", type=int, default=32, help="1 turns batching off")
+    p.add_argument("--max-wait-ms", type=float, default=5.0)
+    p.add_argument("--max-queue", type=int, default=1024, help="texts waiting before 503")
+    p.add_argument("--max-texts", type=int, default=64, help="texts per request (413 above)")
+    p.add_argument("--max-chars", type=int, default=2000, help="characters per text (413 above)")
+    p.add_argument("--max-length", type=int, default=128, help="tokens per text (truncated)")
+
+    p = sub.add_parser(
         "eval",
         help="metrics, size and latency of a model",
         epilog=EXAMPLES["eval"],
@@ -256,6 +275,14 @@ def dispatch(args: argparse.Namespace) -> dict:
             **data_kw,
             **run_kw,
         )
+    if args.verb == "serve":
+        from slimformer.serve.app import ServeSettings, serve
+
+        settings = ServeSettings(
+            args.max_batch_size, args.max_wait_ms, args.max_queue, args.max_texts, args.max_chars
+        )
+        serve(args.model, args.host, args.port, settings, args.max_length)
+        return {}
     if args.verb == "optimize":
         return api.optimize(
             args.model,
@@ -305,7 +332,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; continue with the same command and --resume", file=sys.stderr)
         return 130
-    print(_summary(report))
+    if report:
+        print(_summary(report))
     return 0
 
 
