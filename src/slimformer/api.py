@@ -313,6 +313,8 @@ def eval(
             v,
             ctx.task.metrics(values[k], labels, reference),
             latency[k],
+            ctx.task.auto_class,
+            seq_len,
         )
         for k, v in variants.items()
     }
