@@ -19,9 +19,11 @@ FLOORS = {
     "train": 2,
     "eval": 3,
     "export": 3,
+    "reporting": 3,
     "optimize": 4,
     "serve": 4,
     "pipeline": 5,
+    "bench": 5,
     "cli": 6,
     "api": 6,
 }

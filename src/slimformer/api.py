@@ -268,6 +268,40 @@ def optimize(
     return run(recipe, output, **kw)
 
 
+def bench(
+    models: list[str],
+    data: str,
+    output: str | Path,
+    batch_sizes: tuple[int, ...] = (1, 8, 32),
+    seq_lens: list[int] | None = None,
+    rounds: int = 2,
+    repeats: int = 10,
+    expand: bool = False,
+    text_column: str = "text",
+    text_pair_column: str | None = None,
+    label_column: str = "label",
+    max_length: int = 128,
+    max_examples: int | None = None,
+) -> dict:
+    """Every variant side by side (each in its own process, rounds interleaved): metric,
+    latency p50/p95/p99 per batch size and sequence length, throughput, size, peak RSS, params,
+    FLOPs. Sequence lengths default to the eval data's median and 95th percentile."""
+    from slimformer.bench.runner import bench as run_bench
+    from slimformer.bench.runner import expand as expand_variants
+    from slimformer.bench.runner import resolve_variants, seq_lens_of
+    from slimformer.pipeline.context import build_context
+
+    data_tree = _data_tree(data, data, text_column, text_pair_column, label_column, max_length)
+    data_tree |= {"max_eval_examples": max_examples, "max_train_examples": 1}
+    first = next(iter(resolve_variants(models).values()))
+    tree = {"student": {"model": str(first)}, "data": data_tree, "stages": [{"finetune": {}}]}
+    ctx = build_context(parse_recipe(tree, "<bench>"))
+    lens = seq_lens or seq_lens_of([len(x) for x in ctx.eval_ds["input_ids"]], max_length)
+    output = Path(output)
+    refs = list(models) + (expand_variants(models, ctx, output) if expand else [])
+    return run_bench(refs, data_tree, output, list(batch_sizes), lens, rounds, repeats)
+
+
 def eval(
     model: str,
     data: str,

@@ -30,6 +30,9 @@ EXAMPLES = {
     "serve": "example:\n  slimformer serve runs/student-optimized/model --port 8000\n"
     "  curl -s localhost:8000/predict -H 'content-type: application/json' "
     '-d \'{"texts": ["a gorgeous film"]}\'',
+    "bench": "example:\n  slimformer bench ../shared/models/minilm-l6-sst2 runs/sst2-kd "
+    "runs/student-optimized --data ../shared/data/sst2/dev.tsv --text-column sentence "
+    "--expand --output runs/bench",
     "eval": "example:\n  slimformer eval runs/kd/model --data ../shared/data/sst2/dev.tsv "
     "--text-column sentence --teacher ../shared/models/minilm-l6-sst2",
 }
@@ -158,6 +161,27 @@ def build_parser() -> argparse.ArgumentParser:
     _common_run_flags(p)
 
     p = sub.add_parser(
+        "bench",
+        help="one table for every variant: metric, latency p50/p95/p99, size, memory, FLOPs",
+        epilog=EXAMPLES["bench"],
+        formatter_class=fmt,
+    )
+    p.add_argument("models", nargs="+", help="model or run folders (NAME=PATH to name them)")
+    p.add_argument("--data", required=True, help="labeled evaluation data")
+    p.add_argument("--output", "-o", required=True, help="folder for bench.json/.md, report.html")
+    p.add_argument("--batch-sizes", default="1,8,32")
+    p.add_argument("--seq-lens", help="default: the data's median and 95th-percentile length")
+    p.add_argument("--rounds", type=int, default=2, help="interleaved rounds per variant")
+    p.add_argument("--repeats", type=int, default=10, help="timed runs per shape per round")
+    p.add_argument(
+        "--expand",
+        action="store_true",
+        help="also PyTorch INT8, ONNX Runtime FP32 and INT8 of each PyTorch folder",
+    )
+    p.add_argument("--max-examples", type=int)
+    _data_flags(p, train=False)
+
+    p = sub.add_parser(
         "serve",
         help="HTTP server with dynamic batching (POST /predict, /health, /metrics)",
         epilog=EXAMPLES["serve"],
@@ -275,6 +299,19 @@ def dispatch(args: argparse.Namespace) -> dict:
             **data_kw,
             **run_kw,
         )
+    if args.verb == "bench":
+        return api.bench(
+            args.models,
+            args.data,
+            args.output,
+            batch_sizes=tuple(_int_list(args.batch_sizes)),
+            seq_lens=_int_list(args.seq_lens) if args.seq_lens else None,
+            rounds=args.rounds,
+            repeats=args.repeats,
+            expand=args.expand,
+            max_examples=args.max_examples,
+            **data_kw,
+        )
     if args.verb == "serve":
         from slimformer.serve.app import ServeSettings, serve
 
@@ -332,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; continue with the same command and --resume", file=sys.stderr)
         return 130
-    if report:
+    if report and args.verb != "bench":  # bench prints its own table
         print(_summary(report))
     return 0
 

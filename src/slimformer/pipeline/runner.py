@@ -7,6 +7,7 @@ checkpoint. Layout of a finished run::
     DIR/model/        save_pretrained + tokenizer (the recipe's final model)
     DIR/recipe.yaml   the resolved recipe
     DIR/report.json   teacher vs student
+    DIR/report.html   the same as a page: table, Pareto plots, training curves, recipe
     DIR/logs/         TensorBoard, one sub-folder per stage
     DIR/stages/       per-stage outputs and checkpoints
 """
@@ -24,6 +25,7 @@ from slimformer.pipeline.context import RunContext, build_context, teacher_eval_
 from slimformer.pipeline.recipe import Recipe, dump_recipe
 from slimformer.pipeline.report import build_report
 from slimformer.pipeline.stages import STAGES
+from slimformer.reporting.html import run_report_html
 from slimformer.utils.atomic import write_json_atomic, write_text_atomic
 
 log = logging.getLogger("slimformer")
@@ -92,6 +94,9 @@ def run_recipe(
     shutil.copytree(model_dir, final_model)
     report["student"]["model"] = "model/"
     write_json_atomic(work / "report.json", report)
+    recipe_file = work / "recipe.yaml"
+    recipe_text = recipe_file.read_text() if recipe_file.is_file() else None
+    write_text_atomic(work / "report.html", run_report_html(report, recipe_text))
     _gather_logs(work)
     if output.exists():
         shutil.rmtree(output)

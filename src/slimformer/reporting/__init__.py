@@ -1,0 +1,1 @@
+"""Human-readable views of measured results: Markdown tables, plots, the HTML report."""
