@@ -89,3 +89,32 @@ def test_schedules():
     assert cos.at(0.0) == pytest.approx(5.0) and cos.at(1.0) == pytest.approx(1.0)
     assert cos.at(0.5) == pytest.approx(3.0)
     assert Schedule(schedule="constant", start=2, end=9).at(0.7) == 2
+
+
+def test_rkd_distance_hand_computed_and_scale_free():
+    from slimformer.methods.distill.losses.rkd import rkd_distance
+
+    mask = torch.tensor([True, True, True, False])
+    teacher = torch.tensor([[0.0, 0.0], [3.0, 0.0], [0.0, 4.0], [9.0, 9.0]])
+    # a scaled copy has the same normalised distances: zero loss
+    assert rkd_distance(teacher * 5, teacher, mask).item() == pytest.approx(0.0, abs=1e-6)
+    # student distances 1, 1, sqrt(2) (mean 1.138); teacher 3, 4, 5 (mean 4)
+    student = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 0.0]])
+    s = torch.tensor([1.0, 1.0, 2**0.5]) / ((2 + 2**0.5) / 3)
+    t = torch.tensor([3.0, 4.0, 5.0]) / 4.0
+    diff = (s - t).abs()
+    huber = torch.where(diff < 1, 0.5 * diff**2, diff - 0.5)
+    expected = 2 * huber.sum() / 9  # each pair twice in the 3x3 matrix, diagonal 0
+    assert rkd_distance(student, teacher, mask).item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_rkd_angle_zero_for_similar_shapes_and_positive_otherwise():
+    from slimformer.methods.distill.losses.rkd import rkd_angle
+
+    mask = torch.ones(4, dtype=torch.bool)
+    teacher = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    rotated = teacher @ torch.tensor([[0.0, -1.0], [1.0, 0.0]]) * 3 + 7  # angles kept
+    assert rkd_angle(rotated, teacher, mask).item() == pytest.approx(0.0, abs=1e-6)
+    squashed = teacher * torch.tensor([1.0, 0.1])
+    assert rkd_angle(squashed, teacher, mask).item() > 0.01
+    assert rkd_angle(teacher[:2], teacher[:2], mask[:2]).item() == 0.0  # < 3 rows: no angles

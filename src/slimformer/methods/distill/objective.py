@@ -22,6 +22,19 @@ class DistillLossConfig(StrictConfig):
     hard: str | None = Field("ce", description="hard loss: " + ", ".join(HARD_LOSSES.names()))
     alpha: ScheduledValue = Field(0.5, description="weight of the soft term, in [0, 1]")
     temperature: ScheduledValue = Field(2.0, description="softmax temperature T > 0")
+    relations: dict[str, float] = Field(
+        {}, description="extra soft terms with weights, e.g. {rkd_distance: 1, rkd_angle: 2}"
+    )
+
+    @field_validator("relations")
+    @classmethod
+    def _relations_known(cls, v: dict[str, float]) -> dict[str, float]:
+        unknown = [k for k in v if k not in SOFT_LOSSES]
+        if unknown:
+            raise ValueError(
+                f"unknown soft loss(es) {unknown}; known: {', '.join(SOFT_LOSSES.names())}"
+            )
+        return v
 
     @field_validator("soft")
     @classmethod
@@ -67,8 +80,13 @@ def make_loss_fn(
         logs = {"alpha": alpha, "temperature": t}
         loss = 0.0
         if alpha > 0:
-            soft_loss = soft(out.values, teacher_targets(batch), out.mask, t)
+            target = teacher_targets(batch)
+            soft_loss = soft(out.values, target, out.mask, t)
             logs["loss_soft"] = soft_loss.detach().item()
+            for name, weight in cfg.relations.items():
+                term = SOFT_LOSSES.get(name)(out.values, target, out.mask, t)
+                logs[f"loss_{name}"] = term.detach().item()
+                soft_loss = soft_loss + weight * term
             loss = loss + alpha * soft_loss
         labels = task.hard_targets(batch)
         if alpha < 1 and hard is not None and labels is not None:

@@ -4,7 +4,7 @@ with gold labels. All take aligned tensors (N, D) and a mask (N,) and know nothi
 Adding a term = one file here with one ``@SOFT_LOSSES.register`` / ``@HARD_LOSSES.register``.
 """
 
-from slimformer.methods.distill.losses import ce, cosine, kl, mse  # noqa: F401  (register)
+from slimformer.methods.distill.losses import ce, cosine, kl, mse, rkd  # noqa: F401  (register)
 from slimformer.methods.distill.losses.base import HARD_LOSSES, SOFT_LOSSES, masked_mean
 
 __all__ = ["HARD_LOSSES", "SOFT_LOSSES", "masked_mean"]
