@@ -1,0 +1,41 @@
+"""Several teachers' soft labels combined into one target per example: fixed weights, or per
+example by each teacher's confidence (its top probability), so the surer teacher counts more.
+Teachers must share the label set (checked before any work)."""
+
+import numpy as np
+
+from slimformer.errors import RecipeError
+from slimformer.methods.data_distill.selection import softmax
+
+
+def check_label_sets(label_sets: list[list[str]], names: list[str]) -> None:
+    first = label_sets[0]
+    for labels, name in zip(label_sets[1:], names[1:], strict=True):
+        if labels != first:
+            raise RecipeError(
+                f"Teacher {name} has labels {labels} but {names[0]} has {first}: teachers must "
+                f"predict the same label set in the same order to be combined."
+            )
+
+
+def combine(
+    logits_per_teacher: list[np.ndarray],
+    weights: list[float] | None = None,
+    mode: str = "fixed",
+    temperature: float = 1.0,
+) -> np.ndarray:
+    """Combined target *logits* (log of the mixed probabilities), usable by every KD loss."""
+    probs = [softmax(x, temperature) for x in logits_per_teacher]
+    n = len(probs)
+    if mode == "fixed":
+        w = np.asarray(weights if weights is not None else [1.0] * n, dtype=np.float64)
+        if len(w) != n or (w < 0).any() or w.sum() <= 0:
+            raise RecipeError(f"teacher weights {weights} must be {n} non-negative numbers.")
+        w = (w / w.sum())[:, None, None]
+    elif mode == "confidence":
+        conf = np.stack([p.max(-1) for p in probs])  # (teachers, N)
+        w = (conf / conf.sum(0, keepdims=True))[:, :, None]
+    else:
+        raise RecipeError(f"Unknown multi-teacher mode {mode!r}; known: fixed, confidence.")
+    mixed = (np.stack(probs) * w).sum(0)
+    return np.log(np.clip(mixed, 1e-12, 1.0)) * temperature

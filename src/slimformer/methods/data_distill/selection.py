@@ -1,0 +1,96 @@
+"""Which teacher-labeled examples to train on: the most informative fraction by the teacher's
+entropy, by its confidence margin (top-1 minus top-2 probability; small = informative), or by
+disagreement between teachers; optionally the same fraction within every predicted class."""
+
+import numpy as np
+
+from slimformer.errors import RecipeError
+
+CRITERIA = ("entropy", "margin", "disagreement", "random")
+
+
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    z = logits / temperature
+    z = z - z.max(-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(-1, keepdims=True)
+
+
+def entropy(probs: np.ndarray) -> np.ndarray:
+    return -(probs * np.log(np.clip(probs, 1e-12, 1.0))).sum(-1)
+
+
+def margin(probs: np.ndarray) -> np.ndarray:
+    top2 = np.sort(probs, -1)[..., -2:]
+    return top2[..., 1] - top2[..., 0]
+
+
+def disagreement(probs_per_teacher: list[np.ndarray]) -> np.ndarray:
+    """Jensen-Shannon divergence of the teachers' distributions (0 = they agree)."""
+    mean = np.mean(probs_per_teacher, axis=0)
+    return entropy(mean) - np.mean([entropy(p) for p in probs_per_teacher], axis=0)
+
+
+def informativeness(
+    criterion: str, probs_per_teacher: list[np.ndarray], seed: int = 0
+) -> np.ndarray:
+    """Higher = more informative, for every criterion."""
+    probs = np.mean(probs_per_teacher, axis=0)
+    if criterion == "entropy":
+        return entropy(probs)
+    if criterion == "margin":
+        return -margin(probs)
+    if criterion == "disagreement":
+        if len(probs_per_teacher) < 2:
+            raise RecipeError("selection by disagreement needs at least two teachers.")
+        return disagreement(probs_per_teacher)
+    if criterion == "random":
+        return np.random.default_rng(seed).random(len(probs))
+    raise RecipeError(f"Unknown selection criterion {criterion!r}; known: {', '.join(CRITERIA)}.")
+
+
+def check_fraction(fraction: float) -> None:
+    if not 0 < fraction <= 1:
+        raise RecipeError(
+            f"Selection fraction {fraction} must be in (0, 1]: the share of teacher-labeled "
+            f"examples to keep (0.3 keeps 30%)."
+        )
+
+
+def select(
+    scores: np.ndarray,
+    fraction: float,
+    predicted: np.ndarray | None = None,
+    class_balanced: bool = False,
+) -> np.ndarray:
+    """Indices (sorted) of the top ``fraction`` by score; per predicted class when balanced."""
+    check_fraction(fraction)
+    n = len(scores)
+    if not class_balanced:
+        k = max(1, round(n * fraction))
+        return np.sort(np.argsort(-scores, kind="stable")[:k])
+    if predicted is None:
+        raise RecipeError("class_balanced selection needs the teacher's predicted classes.")
+    keep = []
+    for c in np.unique(predicted):
+        members = np.flatnonzero(predicted == c)
+        k = max(1, round(len(members) * fraction))
+        keep.append(members[np.argsort(-scores[members], kind="stable")[:k]])
+    return np.sort(np.concatenate(keep))
+
+
+def selection_stats(scores: np.ndarray, chosen: np.ndarray, predicted: np.ndarray) -> dict:
+    """What the selection kept, for the run folder."""
+    mask = np.zeros(len(scores), dtype=bool)
+    mask[chosen] = True
+    classes = {
+        str(int(c)): {"all": int((predicted == c).sum()), "kept": int((predicted[mask] == c).sum())}
+        for c in np.unique(predicted)
+    }
+    return {
+        "kept": int(mask.sum()),
+        "total": len(scores),
+        "score_mean_kept": float(scores[mask].mean()),
+        "score_mean_dropped": float(scores[~mask].mean()) if (~mask).any() else None,
+        "classes": classes,
+    }

@@ -1,0 +1,85 @@
+"""Selection math, curriculum ordering and multi-teacher combination, by hand."""
+
+import math
+
+import numpy as np
+import pytest
+
+from slimformer.errors import RecipeError
+from slimformer.methods.data_distill.curriculum import curriculum_order, easy_to_hard, pacing
+from slimformer.methods.data_distill.multi_teacher import check_label_sets, combine
+from slimformer.methods.data_distill.selection import (
+    disagreement,
+    entropy,
+    informativeness,
+    margin,
+    select,
+    selection_stats,
+    softmax,
+)
+
+PROBS = np.array([[0.5, 0.5], [0.9, 0.1], [0.99, 0.01], [0.3, 0.7]])
+
+
+def test_entropy_margin_and_disagreement_by_hand():
+    assert entropy(PROBS)[0] == pytest.approx(math.log(2))
+    assert entropy(PROBS)[1] == pytest.approx(-(0.9 * math.log(0.9) + 0.1 * math.log(0.1)))
+    assert margin(PROBS).tolist() == pytest.approx([0.0, 0.8, 0.98, 0.4])
+    assert disagreement([PROBS, PROBS]) == pytest.approx(np.zeros(4))
+    a, b = np.array([[1.0, 0.0]]), np.array([[0.0, 1.0]])
+    assert disagreement([a, b])[0] == pytest.approx(math.log(2))  # JS of opposite certainties
+
+
+def test_select_most_informative_fraction():
+    scores = informativeness("entropy", [PROBS])
+    assert select(scores, 0.5).tolist() == [0, 3]  # the two least certain
+    assert select(informativeness("margin", [PROBS]), 0.25).tolist() == [0]
+    assert len(select(informativeness("random", [PROBS], seed=1), 0.5)) == 2
+    predicted = PROBS.argmax(-1)  # classes 0, 0, 0, 1
+    balanced = select(scores, 0.5, predicted, class_balanced=True)
+    assert balanced.tolist() == [0, 1, 3]  # half of each class: 2 of class 0's 3, 1 of class 1's 1
+    stats = selection_stats(scores, balanced, predicted)
+    assert stats["kept"] == 3 and stats["classes"]["1"] == {"all": 1, "kept": 1}
+
+
+@pytest.mark.parametrize("fraction", [0, -0.1, 1.5])
+def test_selection_fraction_outside_unit_interval(fraction):
+    with pytest.raises(RecipeError, match=r"\(0, 1\]"):
+        select(np.ones(4), fraction)
+
+
+def test_disagreement_needs_two_teachers():
+    with pytest.raises(RecipeError, match="two teachers"):
+        informativeness("disagreement", [PROBS])
+
+
+def test_pacing_and_curriculum_order():
+    assert pacing("linear", 0, 0.3) == pytest.approx(0.3) and pacing("linear", 1, 0.3) == 1.0
+    assert pacing("root", 0.25, 0.0) == pytest.approx(0.5)
+    assert [pacing("step", p, 0.0, 3) for p in (0, 0.34, 0.67, 1)] == [0, 0.5, 1.0, 1.0]
+    confidence = np.linspace(1.0, 0.0, 100)  # index 0 is the easiest
+    assert easy_to_hard(confidence)[:3].tolist() == [0, 1, 2]
+    batches = curriculum_order(confidence, num_batches=10, batch_size=10, pace="linear", start=0.2)
+    assert max(batches[0]) < 20  # first batch: only the easiest 20%
+    assert max(max(b) for b in batches[-2:]) >= 80  # the hardest examples arrive at the end
+    assert all(len(b) == 10 and len(set(b)) == 10 for b in batches)
+    again = curriculum_order(confidence, num_batches=10, batch_size=10, pace="linear", start=0.2)
+    assert again == batches  # seeded
+
+
+def test_multi_teacher_combination():
+    a = np.log(np.array([[0.8, 0.2]]))
+    b = np.log(np.array([[0.4, 0.6]]))
+    fixed = softmax(combine([a, b], [3, 1]))
+    assert fixed[0].tolist() == pytest.approx([0.7, 0.3])  # 0.75*0.8 + 0.25*0.4
+    conf = softmax(combine([a, b], mode="confidence"))
+    w_a = 0.8 / (0.8 + 0.6)
+    assert conf[0, 0] == pytest.approx(w_a * 0.8 + (1 - w_a) * 0.4)
+    with pytest.raises(RecipeError, match="non-negative"):
+        combine([a, b], [1])
+
+
+def test_teachers_with_different_label_sets_are_refused():
+    check_label_sets([["neg", "pos"], ["neg", "pos"]], ["t1", "t2"])
+    with pytest.raises(RecipeError, match="same label set"):
+        check_label_sets([["neg", "pos"], ["pos", "neg"]], ["t1", "t2"])
