@@ -83,3 +83,57 @@ def test_teachers_with_different_label_sets_are_refused():
     check_label_sets([["neg", "pos"], ["neg", "pos"]], ["t1", "t2"])
     with pytest.raises(RecipeError, match="same label set"):
         check_label_sets([["neg", "pos"], ["pos", "neg"]], ["t1", "t2"])
+
+
+def test_data_distillation_stage_end_to_end(tiny_teacher, sst2_slice, tmp_path, cache_dir):
+    """64 labeled rows + the other 192 training rows as unlabeled text; the most uncertain half
+    of the unlabeled rows is kept and batches follow a curriculum."""
+    import json
+
+    from slimformer.api import run
+    from tests.conftest import sst2_recipe
+
+    tree = sst2_recipe(
+        tiny_teacher, sst2_slice, batch_size=16,
+        selection={"criterion": "entropy", "fraction": 0.5},
+        curriculum={"pacing": "root", "start": 0.5},
+        temperatures=[1.0, 2.0],
+    )
+    tree["data"] |= {"max_train_examples": 64, "unlabeled": {"source": "train-rest"}}
+    report = run(tree, tmp_path / "dd", cache_dir=str(cache_dir))
+    stage = report["stages"][0]
+    assert stage["labeled_examples"] == 64 and stage["unlabeled_examples"] == 192
+    assert stage["selection"]["kept"] == 96 and stage["selection"]["total"] == 192
+    assert stage["steps"] == 10  # (64 + 96) / 16
+    assert stage["curriculum"]["pacing"] == "root"
+    saved = json.loads((tmp_path / "dd" / "stages" / "0-distill" / "selection.json").read_text())
+    assert len(saved["kept_rows"]) == 160 and saved["kept_rows"][:64] == list(range(64))
+
+
+def test_unlabeled_corpus_errors(tiny_teacher, sst2_slice, tmp_path, cache_dir):
+    from slimformer.api import run
+    from slimformer.errors import DataError, RecipeError, SlimformerError
+    from tests.conftest import sst2_recipe
+
+    tree = sst2_recipe(tiny_teacher, sst2_slice)
+    tree["data"]["unlabeled"] = {"source": "train-rest"}
+    with pytest.raises(DataError, match="max_train_examples"):
+        run(tree, tmp_path / "a", cache_dir=str(cache_dir))
+    corpus = tmp_path / "corpus.tsv"
+    corpus.write_text("sentence\tother\nfine film\tx\n")
+    tree["data"]["unlabeled"] = {"source": str(corpus), "text_column": "review"}
+    with pytest.raises(SlimformerError, match="review"):
+        run(tree, tmp_path / "b", cache_dir=str(cache_dir))
+    tree["data"].pop("unlabeled")
+    tree["stages"][0]["distill"]["selection"] = {"fraction": 1.5}
+    with pytest.raises(RecipeError, match=r"\(0, 1\]"):
+        run(tree, tmp_path / "c", cache_dir=str(cache_dir))
+
+
+def test_plain_text_corpus_one_example_a_line(tmp_path):
+    from slimformer.data.readers import read_unlabeled
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("a fine film\n\n  \nnot my thing\n", encoding="utf-8")
+    ds = read_unlabeled(str(corpus), "sentence")
+    assert ds["sentence"] == ["a fine film", "not my thing"]

@@ -5,6 +5,19 @@ from pydantic import Field
 from slimformer.config import StrictConfig
 from slimformer.data.readers import Format
 
+TRAIN_REST = "train-rest"
+
+
+class UnlabeledConfig(StrictConfig):
+    """Text without labels for data distillation: the teacher labels it (soft labels only)."""
+
+    source: str = Field(
+        description=f"file, hub id, plain-text file (one example a line), or '{TRAIN_REST}': "
+        "the training rows left out by max_train_examples"
+    )
+    text_column: str = "text"
+    max_examples: int | None = Field(None, gt=0)
+
 
 class DataConfig(StrictConfig):
     train: str = Field(description="file, hub dataset id, or corpus (embedding task)")
@@ -21,3 +34,4 @@ class DataConfig(StrictConfig):
     max_train_examples: int | None = Field(None, gt=0)
     max_eval_examples: int | None = Field(None, gt=0)
     eval_pairs: int = Field(1000, gt=1, description="held-out sentence pairs (embedding task)")
+    unlabeled: UnlabeledConfig | None = None

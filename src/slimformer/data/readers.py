@@ -128,3 +128,18 @@ def require_columns(ds: datasets.Dataset, columns: list[str], source: str) -> No
             f"Column(s) {missing} not found in {source}; it has {ds.column_names}. "
             f"Set data.text_column / data.text_pair_column / data.label_column to existing columns."
         )
+
+
+def read_unlabeled(source: str, text_column: str = "text") -> datasets.Dataset:
+    """Unlabeled text: a plain ``.txt`` file is one example a line (blank lines skipped, read
+    lazily by ``datasets``, so a corpus larger than RAM works); anything else is a table or a hub
+    dataset read like training data."""
+    path = Path(source)
+    if path.suffix.lower() == ".txt" and path.is_file():
+        check_utf8(path)
+        ds = datasets.load_dataset("text", data_files=str(path), split="train")
+        ds = ds.filter(lambda row: bool(row["text"].strip()), desc="skip blank lines")
+        if len(ds) == 0:
+            raise DataError(f"{source} has no non-blank lines to label.")
+        return ds.rename_column("text", text_column) if text_column != "text" else ds
+    return read_table(source)

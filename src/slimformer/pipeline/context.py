@@ -10,7 +10,7 @@ import datasets
 import numpy as np
 from transformers import DataCollatorWithPadding, PreTrainedModel, PreTrainedTokenizerBase
 
-from slimformer.errors import ModelError
+from slimformer.errors import ModelError, RecipeError
 from slimformer.methods.distill.teacher_cache import TeacherCache, dataset_fingerprint
 from slimformer.methods.distill.teacher_targets import TeacherTargets
 from slimformer.models.arch import num_layers
@@ -47,6 +47,7 @@ class RunContext:
     teacher_config: object | None = None
     student_info: dict = field(default_factory=dict)
     label_names: list[str] | None = None  # set when fine-tuning a backbone without a teacher
+    unlabeled_count: int = 0  # rows at the end of train_ds from data.unlabeled (label -100)
     _teacher: PreTrainedModel | None = None
     _teacher_fp: str | None = None
 
@@ -138,6 +139,18 @@ def build_context(recipe: Recipe, cache_dir: str | None = None) -> RunContext:
         _check_label_count(label_config, recipe)
     train_ds = task.prepare(train_raw, tokenizer, recipe.data, label_config, "train")
     eval_ds = task.prepare(eval_raw, tokenizer, recipe.data, label_config, "eval")
+    unlabeled_count = 0
+    if recipe.data.unlabeled is not None:
+        if not hasattr(task, "raw_unlabeled"):
+            raise RecipeError(f"data.unlabeled is not supported for the {task.name} task.")
+        unlabeled = task.prepare_unlabeled(
+            task.raw_unlabeled(recipe.data, recipe.seed), tokenizer, recipe.data, label_config
+        )
+        unlabeled_count = len(unlabeled)
+        train_ds = datasets.concatenate_datasets(
+            [train_ds.remove_columns("idx"), unlabeled.remove_columns("idx")]
+        )
+        train_ds = train_ds.add_column("idx", list(range(len(train_ds))))
     ctx = RunContext(
         recipe=recipe,
         task=task,
@@ -149,6 +162,7 @@ def build_context(recipe: Recipe, cache_dir: str | None = None) -> RunContext:
         teacher_ref=teacher_ref,
         teacher_config=teacher_config,
         label_names=label_names,
+        unlabeled_count=unlabeled_count,
     )
     return ctx
 

@@ -24,8 +24,41 @@ class TeacherConfig(StrictConfig):
     trust_remote_code: bool = False
 
 
-class DistillStage(TrainConfig, DistillLossConfig):
+class SelectionConfig(StrictConfig):
+    """Keep the most informative teacher-labeled examples (ERNIE-Tiny data distillation)."""
+
+    criterion: Literal["entropy", "margin", "random"] = "entropy"
+    fraction: float = Field(description="share kept, in (0, 1]")
+    class_balanced: bool = False
+    scope: Literal["unlabeled", "all"] = Field(
+        "unlabeled", description="select among data.unlabeled rows only, or all training rows"
+    )
+    seed: int = 0
+
+    @field_validator("fraction")
+    @classmethod
+    def _unit(cls, v: float) -> float:
+        if not 0 < v <= 1:
+            raise ValueError("selection fraction must be in (0, 1] (0.3 keeps 30%)")
+        return v
+
+
+class CurriculumConfig(StrictConfig):
+    """Easy-to-hard order by teacher confidence; the allowed share grows with a pacing function."""
+
+    pacing: Literal["linear", "root", "step"] = "linear"
+    start: float = Field(0.3, gt=0, le=1, description="share of the easiest examples at step 0")
+
+
+class KDTrainStage(TrainConfig, DistillLossConfig):
+    """Training against the teacher: the loop's settings plus the KD objective's."""
+
+
+class DistillStage(KDTrainStage):
     """Train the student on the teacher's soft targets mixed with the hard labels."""
+
+    selection: SelectionConfig | None = None
+    curriculum: CurriculumConfig | None = None
 
 
 class FinetuneStage(TrainConfig):
@@ -49,7 +82,7 @@ class QuantizeStage(QuantizeConfig):
     opset: int = Field(17, ge=14, le=21, description="ONNX opset of the fp32 export")
 
 
-class PruneStage(DistillStage):
+class PruneStage(KDTrainStage):
     """Remove heads / FFN neurons / layers in ``iterations`` steps, each recovered with KD
     (the distill settings: ``epochs`` is the recovery per iteration)."""
 
@@ -69,7 +102,7 @@ class PruneStage(DistillStage):
         return v
 
 
-class SparsifyStage(DistillStage):
+class SparsifyStage(KDTrainStage):
     """Unstructured magnitude pruning to ``sparsity`` (global or per layer) on a cubic schedule
     over ``iterations`` steps, each recovered with KD; masks made permanent at the end."""
 

@@ -17,6 +17,7 @@ from slimformer.methods.distill.objective import DistillLossConfig, make_loss_fn
 from slimformer.optimize.config import OptimizeConfig
 from slimformer.optimize.optimizer import copy_choice, optimize_model
 from slimformer.pipeline.context import RunContext, teacher_eval_values
+from slimformer.pipeline.data_distill import choose_training_data
 from slimformer.pipeline.recipe import (
     DistillStage,
     ExportStage,
@@ -71,11 +72,13 @@ def _train(
     reference,
     primary_metric: str,
     desc: str,
+    train_ds=None,
+    batch_sampler=None,
 ) -> TrainResult:
     """The shared loop call of the training stages (evaluated on the eval set, best kept)."""
     return train(
         model,
-        ctx.train_ds,
+        ctx.train_ds if train_ds is None else train_ds,
         ctx.collate,
         loss_fn,
         _train_config(cfg),
@@ -86,6 +89,7 @@ def _train(
         resume=resume,
         tokenizer=ctx.tokenizer,
         desc=desc,
+        batch_sampler=batch_sampler,
     )
 
 
@@ -109,8 +113,19 @@ def distill_stage(
     loss_cfg = DistillLossConfig(**{k: getattr(cfg, k) for k in DistillLossConfig.model_fields})
     loss_fn = make_loss_fn(ctx.task, loss_cfg, targets)
     reference = teacher_eval_values(ctx)
+    train_ds, sampler, data_info = choose_training_data(ctx, cfg, targets, stage_dir)
     result = _train(
-        ctx, cfg, model, loss_fn, stage_dir, resume, reference, ctx.task.primary_metric, "distill"
+        ctx,
+        cfg,
+        model,
+        loss_fn,
+        stage_dir,
+        resume,
+        reference,
+        ctx.task.primary_metric,
+        "distill",
+        train_ds,
+        sampler,
     )
     targets.cache.flush()
     log.info(
@@ -123,6 +138,7 @@ def distill_stage(
         "teacher_forward_examples": targets.teacher_examples,
         "cached_examples": targets.cached_examples,
         "cache_dir": str(targets.cache.dir),
+        **data_info,
     }
 
 

@@ -5,8 +5,8 @@ import numpy as np
 import torch
 from transformers import AutoModelForSequenceClassification, PreTrainedTokenizerBase
 
-from slimformer.data.config import DataConfig
-from slimformer.data.readers import read_table, require_columns
+from slimformer.data.config import TRAIN_REST, DataConfig
+from slimformer.data.readers import read_table, read_unlabeled, require_columns
 from slimformer.errors import DataError
 from slimformer.tasks.base import TASKS, Aligned, Task, model_inputs, tokenize
 from slimformer.tasks.metrics import classification_metrics, regression_metrics
@@ -70,6 +70,37 @@ class SequenceClassification(Task):
             subsample(train, data.max_train_examples, seed),
             subsample(evl, data.max_eval_examples, seed),
         )
+
+    def raw_unlabeled(self, data: DataConfig, seed: int) -> datasets.Dataset:
+        """The unlabeled text (``data.unlabeled``), with its text in ``data.text_column``."""
+        cfg = data.unlabeled
+        if cfg.source == TRAIN_REST:
+            if data.max_train_examples is None:
+                raise DataError(
+                    f"data.unlabeled.source '{TRAIN_REST}' means the training rows not used as "
+                    f"labeled examples, so set data.max_train_examples (e.g. 5000)."
+                )
+            kw = dict(fmt=data.format, header=data.header, column_names=data.column_names)
+            full = read_table(data.train, split=data.train_split, **kw)
+            rest = full.shuffle(seed=seed).select(range(data.max_train_examples, len(full)))
+            ds, column = rest, data.text_column
+        else:
+            ds, column = read_unlabeled(cfg.source, cfg.text_column), cfg.text_column
+        require_columns(ds, [column], cfg.source)
+        if column != data.text_column:
+            ds = ds.rename_column(column, data.text_column)
+        return subsample(ds, cfg.max_examples, seed)
+
+    def prepare_unlabeled(self, ds, tokenizer, data: DataConfig, model_config):
+        """Tokenized like training data, with label -100 (no hard loss, soft labels only)."""
+        if is_regression(model_config):
+            raise DataError("Unlabeled data (data.unlabeled) is supported for classification only.")
+        ds = ds.map(
+            lambda rows: {"labels": [-100] * len(rows[data.text_column])},
+            batched=True,
+            desc="unlabeled",
+        )
+        return tokenize(ds, tokenizer, data.text_column, None, data.max_length, keep=["labels"])
 
     def prepare(
         self, ds, tokenizer: PreTrainedTokenizerBase, data: DataConfig, model_config, split: str

@@ -75,7 +75,10 @@ def train(
     tokenizer=None,
     on_step: Callable[[], None] | None = None,
     desc: str = "train",
+    batch_sampler=None,
 ) -> TrainResult:
+    """``batch_sampler``: a custom order (e.g. a curriculum) with ``set_epoch``/``len``;
+    default: length-grouped, seeded batches."""
     out_dir = Path(out_dir)
     set_seed(seed)
     accelerator = Accelerator(
@@ -84,7 +87,7 @@ def train(
         log_with="tensorboard",
         project_dir=str(out_dir / "logs"),
     )
-    sampler = LengthGroupedBatchSampler(
+    sampler = batch_sampler or LengthGroupedBatchSampler(
         [len(x) for x in train_ds["input_ids"]], cfg.batch_size, seed
     )
     loader = DataLoader(train_ds, batch_sampler=sampler, collate_fn=collate)

@@ -57,3 +57,33 @@ def curriculum_order(
         used.update(batch)
         batches.append(batch)
     return batches
+
+
+class CurriculumBatchSampler:
+    """Batch sampler for the training loop: the whole run (all epochs) follows one pacing
+    schedule, so progress = global batch / total batches. Same interface as the loop's
+    length-grouped sampler (``set_epoch``, ``len``), and seeded: --resume replays it."""
+
+    def __init__(
+        self,
+        confidence: np.ndarray,
+        batch_size: int,
+        epochs: float,
+        pace: str = "linear",
+        start: float = 0.3,
+        seed: int = 0,
+    ) -> None:
+        self.per_epoch = math.ceil(len(confidence) / batch_size)
+        total = max(1, math.ceil(epochs * self.per_epoch))
+        self.all_batches = curriculum_order(confidence, total, batch_size, pace, start, seed)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        lo = self.epoch * self.per_epoch
+        return iter(self.all_batches[lo : lo + self.per_epoch])
+
+    def __len__(self) -> int:
+        return self.per_epoch

@@ -22,9 +22,19 @@ class DistillLossConfig(StrictConfig):
     hard: str | None = Field("ce", description="hard loss: " + ", ".join(HARD_LOSSES.names()))
     alpha: ScheduledValue = Field(0.5, description="weight of the soft term, in [0, 1]")
     temperature: ScheduledValue = Field(2.0, description="softmax temperature T > 0")
+    temperatures: list[float] | None = Field(
+        None, description="multi-temperature KD: soft loss averaged over these T (replaces T)"
+    )
     relations: dict[str, float] = Field(
         {}, description="extra soft terms with weights, e.g. {rkd_distance: 1, rkd_angle: 2}"
     )
+
+    @field_validator("temperatures")
+    @classmethod
+    def _temps_positive(cls, v: list[float] | None) -> list[float] | None:
+        if v is not None and (not v or min(v) <= 0):
+            raise ValueError(f"temperatures must be a non-empty list of values > 0, got {v}")
+        return v
 
     @field_validator("relations")
     @classmethod
@@ -81,7 +91,8 @@ def make_loss_fn(
         loss = 0.0
         if alpha > 0:
             target = teacher_targets(batch)
-            soft_loss = soft(out.values, target, out.mask, t)
+            temps = cfg.temperatures or [t]
+            soft_loss = sum(soft(out.values, target, out.mask, tk) for tk in temps) / len(temps)
             logs["loss_soft"] = soft_loss.detach().item()
             for name, weight in cfg.relations.items():
                 term = SOFT_LOSSES.get(name)(out.values, target, out.mask, t)
