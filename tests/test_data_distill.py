@@ -137,3 +137,30 @@ def test_plain_text_corpus_one_example_a_line(tmp_path):
     corpus.write_text("a fine film\n\n  \nnot my thing\n", encoding="utf-8")
     ds = read_unlabeled(str(corpus), "sentence")
     assert ds["sentence"] == ["a fine film", "not my thing"]
+
+
+def test_label_command_writes_parquet_and_fills_the_cache(tiny_teacher, tmp_path, capsys):
+    import json
+
+    import pyarrow.parquet as pq
+
+    from slimformer.cli import main
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("a fine film\nnot my thing\n\nutterly dull\n", encoding="utf-8")
+    args = ["label", "--teacher", str(tiny_teacher), "--corpus", str(corpus), "--output",
+            str(tmp_path / "labels"), "--temperatures", "1,4", "--batch-size", "2",
+            "--cache-dir", str(tmp_path / "cache")]
+    assert main(args) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert stats["examples"] == 3 and stats["teacher_forward_examples"] == 3
+    table = pq.read_table(tmp_path / "labels" / "labels.parquet").to_pydict()
+    assert table["text"] == ["a fine film", "not my thing", "utterly dull"]
+    assert len(table["logits"][0]) == 2 and abs(sum(table["probs_t4"][0]) - 1) < 1e-6
+    args[args.index(str(tmp_path / "labels"))] = str(tmp_path / "labels2")
+    assert main(args) == 0  # same teacher, same corpus: all from the cache
+    assert json.loads(capsys.readouterr().out)["teacher_forward_examples"] == 0
+    missing = ["label", "--teacher", str(tiny_teacher), "--corpus", str(tmp_path / "c.tsv"),
+               "--output", str(tmp_path / "x"), "--text-column", "review"]
+    (tmp_path / "c.tsv").write_text("sentence\nok\n")
+    assert main(missing) == 2 and "review" in capsys.readouterr().err

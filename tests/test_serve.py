@@ -120,3 +120,17 @@ def test_batcher_refuses_beyond_its_queue():
         await b.close()
 
     asyncio.run(scenario())
+
+
+def test_serve_command_parses_and_binds_loopback_by_default(monkeypatch, tiny_teacher):
+    import slimformer.serve.app as app_module
+    from slimformer.cli import main
+
+    seen = {}
+
+    def fake_serve(model, host, port, settings, max_length):
+        seen.update(model=model, host=host, port=port, batch=settings.max_batch_size)
+
+    monkeypatch.setattr(app_module, "serve", fake_serve)
+    assert main(["serve", str(tiny_teacher), "--max-batch-size", "1"]) == 0
+    assert seen == {"model": str(tiny_teacher), "host": "127.0.0.1", "port": 8000, "batch": 1}

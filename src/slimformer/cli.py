@@ -30,6 +30,8 @@ EXAMPLES = {
     "serve": "example:\n  slimformer serve runs/student-optimized/model --port 8000\n"
     "  curl -s localhost:8000/predict -H 'content-type: application/json' "
     '-d \'{"texts": ["a gorgeous film"]}\'',
+    "label": "example:\n  slimformer label --teacher ../shared/models/minilm-l6-sst2 "
+    "--corpus ../shared/data/text/some.txt --output runs/labels --temperatures 1,2,4",
     "bench": "example:\n  slimformer bench ../shared/models/minilm-l6-sst2 runs/sst2-kd "
     "runs/student-optimized --data ../shared/data/sst2/dev.tsv --text-column sentence "
     "--expand --output runs/bench",
@@ -161,6 +163,21 @@ def build_parser() -> argparse.ArgumentParser:
     _common_run_flags(p)
 
     p = sub.add_parser(
+        "label",
+        help="the teacher writes soft labels for an unlabeled corpus (parquet + cache)",
+        epilog=EXAMPLES["label"],
+        formatter_class=fmt,
+    )
+    p.add_argument("--teacher", required=True)
+    p.add_argument("--corpus", required=True, help=".txt (one example a line), table, or hub id")
+    p.add_argument("--output", "-o", required=True)
+    p.add_argument("--text-column", default="text")
+    p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--temperatures", default="1", help="comma list, e.g. 1,2,4")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--cache-dir", help="teacher-output cache (default ~/.cache/slimformer)")
+
+    p = sub.add_parser(
         "bench",
         help="one table for every variant: metric, latency p50/p95/p99, size, memory, FLOPs",
         epilog=EXAMPLES["bench"],
@@ -238,7 +255,7 @@ def dispatch(args: argparse.Namespace) -> dict:
             label_column=args.label_column,
             max_length=args.max_length,
         )
-        if args.verb != "run"
+        if hasattr(args, "text_pair_column")
         else {}
     )
     if args.verb == "run":
@@ -298,6 +315,19 @@ def dispatch(args: argparse.Namespace) -> dict:
             teacher=args.teacher,
             **data_kw,
             **run_kw,
+        )
+    if args.verb == "label":
+        from slimformer.pipeline.label import label_corpus
+
+        return label_corpus(
+            args.teacher,
+            args.corpus,
+            args.output,
+            args.text_column,
+            args.max_length,
+            [float(t) for t in args.temperatures.split(",")],
+            args.batch_size,
+            args.cache_dir,
         )
     if args.verb == "bench":
         return api.bench(
@@ -369,7 +399,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; continue with the same command and --resume", file=sys.stderr)
         return 130
-    if report and args.verb != "bench":  # bench prints its own table
+    if args.verb == "label":
+        print(json.dumps(report, indent=2))
+    elif report and args.verb != "bench":  # bench prints its own table
         print(_summary(report))
     return 0
 
