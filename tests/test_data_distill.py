@@ -164,3 +164,45 @@ def test_label_command_writes_parquet_and_fills_the_cache(tiny_teacher, tmp_path
                "--output", str(tmp_path / "x"), "--text-column", "review"]
     (tmp_path / "c.tsv").write_text("sentence\nok\n")
     assert main(missing) == 2 and "review" in capsys.readouterr().err
+
+
+def _second_teacher(tmp_path, tokenizer, **config):
+    import torch
+    from transformers import BertForSequenceClassification
+
+    from tests.conftest import tiny_config
+
+    torch.manual_seed(7)
+    folder = tmp_path / "teacher2"
+    BertForSequenceClassification(tiny_config(**config)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_two_teachers_mixed(tiny_teacher, sst2_slice, tmp_path, cache_dir, tokenizer):
+    from slimformer.api import run
+    from tests.conftest import sst2_recipe
+
+    second = _second_teacher(tmp_path, tokenizer)
+    tree = sst2_recipe(tiny_teacher, sst2_slice, batch_size=32)
+    tree["teacher"] |= {"also": [{"model": str(second), "weight": 1.0}], "mix": "confidence"}
+    report = run(tree, tmp_path / "mt", cache_dir=str(cache_dir))
+    stage = report["stages"][0]
+    assert stage["teacher_forward_examples"] == 2 * 256  # both teachers label every row once
+    assert report["teacher"]["model"] == str(tiny_teacher)  # the report's teacher: the primary
+
+
+def test_teachers_with_other_labels_fail_before_training(
+    tiny_teacher, sst2_slice, tmp_path, cache_dir, tokenizer
+):
+    from slimformer.api import run
+    from tests.conftest import sst2_recipe
+
+    swapped = _second_teacher(
+        tmp_path, tokenizer, id2label={0: "positive", 1: "negative"},
+        label2id={"positive": 0, "negative": 1},
+    )
+    tree = sst2_recipe(tiny_teacher, sst2_slice)
+    tree["teacher"]["also"] = [{"model": str(swapped)}]
+    with pytest.raises(RecipeError, match="same label set"):
+        run(tree, tmp_path / "bad", cache_dir=str(cache_dir))

@@ -11,6 +11,7 @@ import numpy as np
 from transformers import DataCollatorWithPadding, PreTrainedModel, PreTrainedTokenizerBase
 
 from slimformer.errors import ModelError, RecipeError
+from slimformer.methods.data_distill.multi_teacher import MultiTeacherTargets, check_label_sets
 from slimformer.methods.distill.teacher_cache import TeacherCache, dataset_fingerprint
 from slimformer.methods.distill.teacher_targets import TeacherTargets
 from slimformer.models.arch import num_layers
@@ -62,21 +63,42 @@ class RunContext:
     def teacher_fingerprint(self) -> str:
         """Content hash of the teacher's weights (+ task): the teacher half of the cache key."""
         if self._teacher_fp is None:
-            path = Path(self.teacher_ref)
-            if path.is_dir():
-                self._teacher_fp = fingerprint_files(weight_files(path) + [path / "config.json"])
-            else:
-                sd = self.load_teacher().state_dict()
-                self._teacher_fp = fingerprint_arrays([v.numpy() for v in sd.values()])
-            self._teacher_fp = fingerprint_arrays([], extra=self._teacher_fp + self.task.name)
+            self._teacher_fp = self._fingerprint(self.teacher_ref, self.load_teacher)
         return self._teacher_fp
 
-    def teacher_targets(self, ds: datasets.Dataset) -> TeacherTargets:
+    def _fingerprint(self, ref: str, load) -> str:
+        path = Path(ref)
+        if path.is_dir():
+            fp = fingerprint_files(weight_files(path) + [path / "config.json"])
+        else:
+            fp = fingerprint_arrays([v.numpy() for v in load().state_dict().values()])
+        return fingerprint_arrays([], extra=fp + self.task.name)
+
+    def teacher_targets(self, ds: datasets.Dataset, mixed: bool = True):
+        """The teacher's outputs for ``ds`` (cached). With ``teacher.also`` and ``mixed``, the
+        mix of every teacher's outputs; ``mixed=False`` is the primary teacher alone."""
         data_fp = dataset_fingerprint(ds, MODEL_INPUTS)
-        cache = TeacherCache(
-            self.cache_root / "teacher", self.teacher_fingerprint(), data_fp, len(ds)
+        root = self.cache_root / "teacher"
+        primary = TeacherTargets(
+            self.task,
+            TeacherCache(root, self.teacher_fingerprint(), data_fp, len(ds)),
+            self.load_teacher,
         )
-        return TeacherTargets(self.task, cache, self.load_teacher)
+        extras = self.recipe.teacher.also if self.recipe.teacher else []
+        if not mixed or not extras:
+            return primary
+        targets = [primary]
+        for extra in extras:
+            ref = check_model_ref(extra.model)
+
+            def load(ref=ref, extra=extra):
+                log.info("loading teacher %s", ref)
+                return self.task.load_model(ref, trust_remote_code=extra.trust_remote_code).eval()
+
+            cache = TeacherCache(root, self._fingerprint(ref, load), data_fp, len(ds))
+            targets.append(TeacherTargets(self.task, cache, _once(load)))
+        weights = [self.recipe.teacher.weight] + [e.weight for e in extras]
+        return MultiTeacherTargets(targets, weights, self.recipe.teacher.mix)
 
     def initial_student(self) -> PreTrainedModel:
         cfg = self.recipe.student
@@ -121,6 +143,8 @@ def build_context(recipe: Recipe, cache_dir: str | None = None) -> RunContext:
     tok_ref = teacher_ref or check_model_ref(recipe.student.model)
     tokenizer = load_tokenizer(tok_ref)
     teacher_config = load_config(teacher_ref) if teacher_ref else None
+    if recipe.teacher and recipe.teacher.also:
+        _check_extra_teachers(recipe, tokenizer, teacher_config)
     if teacher_ref and recipe.student.model:
         check_same_tokenizer(tokenizer, load_tokenizer(recipe.student.model), recipe.student.model)
     if teacher_config is not None and recipe.student.model is None:
@@ -176,5 +200,30 @@ def _check_label_count(config, recipe: Recipe) -> None:
 
 
 def teacher_eval_values(ctx: RunContext) -> np.ndarray:
-    """The teacher's eval-set outputs, through the same cache as training targets."""
-    return ctx.teacher_targets(ctx.eval_ds).all_values(ctx.eval_ds, ctx.collate)
+    """The (primary) teacher's eval-set outputs, through the same cache as training targets."""
+    return ctx.teacher_targets(ctx.eval_ds, mixed=False).all_values(ctx.eval_ds, ctx.collate)
+
+
+def _once(load):
+    """A loader that loads once and then returns the same model."""
+    cell = []
+
+    def get():
+        if not cell:
+            cell.append(load())
+        return cell[0]
+
+    return get
+
+
+def _check_extra_teachers(recipe: Recipe, tokenizer, config) -> None:
+    """Every extra teacher shares the primary's tokenizer and label set, checked up front."""
+    names = [recipe.teacher.model]
+    label_sets = [[config.id2label[i] for i in range(config.num_labels)]]
+    for extra in recipe.teacher.also:
+        ref = check_model_ref(extra.model)
+        check_same_tokenizer(tokenizer, load_tokenizer(ref), ref)
+        other = load_config(ref)
+        names.append(extra.model)
+        label_sets.append([other.id2label[i] for i in range(other.num_labels)])
+    check_label_sets(label_sets, names)

@@ -19,9 +19,22 @@ from slimformer.optimize.config import OptimizeConfig
 from slimformer.train.config import TrainConfig
 
 
+class ExtraTeacher(StrictConfig):
+    model: str = Field(description="folder, hub id, or package:NAME/folder")
+    weight: float = Field(1.0, ge=0, description="weight in the fixed mix")
+    trust_remote_code: bool = False
+
+
 class TeacherConfig(StrictConfig):
     model: str = Field(description="folder, hub id, or package:NAME/folder")
     trust_remote_code: bool = False
+    weight: float = Field(1.0, ge=0, description="this teacher's weight when `also` is set")
+    also: list[ExtraTeacher] = Field(
+        [], description="more teachers whose soft labels are mixed with this one's"
+    )
+    mix: Literal["fixed", "confidence"] = Field(
+        "fixed", description="fixed weights, or per example by each teacher's confidence"
+    )
 
 
 class SelectionConfig(StrictConfig):

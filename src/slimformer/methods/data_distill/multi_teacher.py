@@ -39,3 +39,31 @@ def combine(
         raise RecipeError(f"Unknown multi-teacher mode {mode!r}; known: fixed, confidence.")
     mixed = (np.stack(probs) * w).sum(0)
     return np.log(np.clip(mixed, 1e-12, 1.0)) * temperature
+
+
+class MultiTeacherTargets:
+    """Several teachers' targets (each with its own cache) mixed per batch; the interface of
+    ``TeacherTargets`` so every stage uses it unchanged."""
+
+    def __init__(self, targets: list, weights: list[float], mode: str = "fixed") -> None:
+        self.targets, self.weights, self.mode = targets, weights, mode
+        self.cache = targets[0].cache  # for logging: the primary teacher's cache
+
+    @property
+    def teacher_examples(self) -> int:
+        return sum(t.teacher_examples for t in self.targets)
+
+    @property
+    def cached_examples(self) -> int:
+        return sum(t.cached_examples for t in self.targets)
+
+    def __call__(self, batch: dict):
+        import torch
+
+        values = [t(batch).float() for t in self.targets]
+        mixed = combine([v.cpu().numpy() for v in values], self.weights, self.mode)
+        return torch.from_numpy(mixed.astype(np.float32)).to(values[0].device)
+
+    def all_values(self, ds, collate, batch_size: int = 128) -> np.ndarray:
+        values = [t.all_values(ds, collate, batch_size) for t in self.targets]
+        return combine(values, self.weights, self.mode).astype(np.float32)
