@@ -94,7 +94,9 @@ def test_data_distillation_stage_end_to_end(tiny_teacher, sst2_slice, tmp_path, 
     from tests.conftest import sst2_recipe
 
     tree = sst2_recipe(
-        tiny_teacher, sst2_slice, batch_size=16,
+        tiny_teacher,
+        sst2_slice,
+        batch_size=16,
         selection={"criterion": "entropy", "fraction": 0.5},
         curriculum={"pacing": "root", "start": 0.5},
         temperatures=[1.0, 2.0],
@@ -148,9 +150,21 @@ def test_label_command_writes_parquet_and_fills_the_cache(tiny_teacher, tmp_path
 
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("a fine film\nnot my thing\n\nutterly dull\n", encoding="utf-8")
-    args = ["label", "--teacher", str(tiny_teacher), "--corpus", str(corpus), "--output",
-            str(tmp_path / "labels"), "--temperatures", "1,4", "--batch-size", "2",
-            "--cache-dir", str(tmp_path / "cache")]
+    args = [
+        "label",
+        "--teacher",
+        str(tiny_teacher),
+        "--corpus",
+        str(corpus),
+        "--output",
+        str(tmp_path / "labels"),
+        "--temperatures",
+        "1,4",
+        "--batch-size",
+        "2",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+    ]
     assert main(args) == 0
     stats = json.loads(capsys.readouterr().out)
     assert stats["examples"] == 3 and stats["teacher_forward_examples"] == 3
@@ -160,8 +174,17 @@ def test_label_command_writes_parquet_and_fills_the_cache(tiny_teacher, tmp_path
     args[args.index(str(tmp_path / "labels"))] = str(tmp_path / "labels2")
     assert main(args) == 0  # same teacher, same corpus: all from the cache
     assert json.loads(capsys.readouterr().out)["teacher_forward_examples"] == 0
-    missing = ["label", "--teacher", str(tiny_teacher), "--corpus", str(tmp_path / "c.tsv"),
-               "--output", str(tmp_path / "x"), "--text-column", "review"]
+    missing = [
+        "label",
+        "--teacher",
+        str(tiny_teacher),
+        "--corpus",
+        str(tmp_path / "c.tsv"),
+        "--output",
+        str(tmp_path / "x"),
+        "--text-column",
+        "review",
+    ]
     (tmp_path / "c.tsv").write_text("sentence\nok\n")
     assert main(missing) == 2 and "review" in capsys.readouterr().err
 
@@ -199,7 +222,9 @@ def test_teachers_with_other_labels_fail_before_training(
     from tests.conftest import sst2_recipe
 
     swapped = _second_teacher(
-        tmp_path, tokenizer, id2label={0: "positive", 1: "negative"},
+        tmp_path,
+        tokenizer,
+        id2label={0: "positive", 1: "negative"},
         label2id={"positive": 0, "negative": 1},
     )
     tree = sst2_recipe(tiny_teacher, sst2_slice)

@@ -130,8 +130,7 @@ def test_keep_plan_and_clear_errors():
     assert keep_top(scores, [4], 0.5, "heads") == {0: [1, 2]}
     with pytest.raises(RecipeError, match=r"\[0, 1\)"):
         keep_top(scores, [4], 1.0, "heads")
-    with pytest.raises(RecipeError, match="all 4 heads"):
-        keep_top(scores, [4], 0.9, "heads")
+    assert keep_top(scores, [4], 0.9, "heads") == {0: [1]}  # at least one head always stays
     assert layers_to_drop([0.5, 0.01, 0.2, 0.03], 2) == [1, 3]
     with pytest.raises(RecipeError, match="every layer"):
         layers_to_drop([0.5, 0.01], 2)
@@ -190,3 +189,15 @@ def test_prune_recipe_end_to_end(tiny_teacher, sst2_slice, tmp_path, cache_dir):
     config = json.loads((tmp_path / "run" / "model" / "config.json").read_text())
     assert config[PLAN_ATTR]["attention_heads"] == [2, 2, 2]
     assert report["student"]["params"] < report["teacher"]["params"]
+
+
+def test_layers_copied_from_a_pruned_teacher_keep_their_shapes(tmp_path):
+    from slimformer.models.student import copy_layers
+
+    teacher = tiny()
+    prune_heads(teacher, {i: [0, 1] for i in range(4)})
+    student = copy_layers(teacher, [0, 3])
+    assert current_plan(student)["attention_heads"] == [2, 2]
+    student.save_pretrained(tmp_path / "s")
+    again = load_pretrained(AutoModelForSequenceClassification, str(tmp_path / "s"))
+    assert torch.equal(logits(again), logits(student))

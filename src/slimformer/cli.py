@@ -176,6 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperatures", default="1", help="comma list, e.g. 1,2,4")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--cache-dir", help="teacher-output cache (default ~/.cache/slimformer)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
 
     p = sub.add_parser(
         "bench",
@@ -226,6 +227,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-examples", type=int)
     _data_flags(p, train=False)
     return parser
+
+
+def _float_list(text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise SlimformerError(
+            f"Expected a comma-separated list of numbers, got {text!r}."
+        ) from None
 
 
 def _int_list(text: str) -> list[int]:
@@ -325,9 +335,10 @@ def dispatch(args: argparse.Namespace) -> dict:
             args.output,
             args.text_column,
             args.max_length,
-            [float(t) for t in args.temperatures.split(",")],
+            _float_list(args.temperatures),
             args.batch_size,
             args.cache_dir,
+            args.overwrite,
         )
     if args.verb == "bench":
         return api.bench(

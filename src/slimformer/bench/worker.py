@@ -34,9 +34,6 @@ def measure(job: dict) -> dict:
     t0 = time.perf_counter()
     variant = load_variant(folder, ctx.task)
     out: dict = {"load_seconds": round(time.perf_counter() - t0, 2)}
-    if job["with_metrics"]:
-        values = variant.predict(ctx.eval_ds, ctx.collate)
-        out["metrics"] = ctx.task.metrics(values, labels_of(ctx.eval_ds), None)
     samples = {}
     for seq in job["seq_lens"]:
         for batch in job["batch_sizes"]:
@@ -49,7 +46,13 @@ def measure(job: dict) -> dict:
                 variant.run(feed)
                 times.append((time.perf_counter() - t) * 1000)
             samples[f"bs{batch}_seq{seq}"] = times
+    # Peak memory of loading and serving this variant, read before the eval pass and the FLOP
+    # count (which builds an fp32 copy of the architecture) add their own.
+    out["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     out["latency_samples_ms"] = samples
+    if job["with_metrics"]:
+        values = variant.predict(ctx.eval_ds, ctx.collate)
+        out["metrics"] = ctx.task.metrics(values, labels_of(ctx.eval_ds), None)
     out.update(
         runtime=variant.runtime,
         precision=variant.spec.precision if variant.spec else "fp32",
@@ -58,7 +61,6 @@ def measure(job: dict) -> dict:
         flops_per_example={
             s: folder_flops(folder, ctx.task.auto_class, s) for s in job["seq_lens"]
         },
-        peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     )
     return out
 

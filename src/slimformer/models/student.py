@@ -72,6 +72,11 @@ def resolve_layers(cfg: StudentConfig, teacher_layers: int) -> list[int] | None:
 
 def copy_layers(teacher: PreTrainedModel, keep: list[int]) -> PreTrainedModel:
     """Student = teacher with only the ``keep`` layers (weights copied, re-indexed 0..k-1)."""
+    from slimformer.models.prune import drop_layers, is_pruned
+
+    if is_pruned(teacher.config):  # per-layer shapes differ from the config: keep them
+        n = num_layers(teacher.config)
+        return drop_layers(teacher, [i for i in range(n) if i not in keep])
     config = copy.deepcopy(teacher.config)
     setattr(config, arch_of(config).num_layers, len(keep))
     student = type(teacher)(config)
@@ -91,6 +96,7 @@ def copy_layers(teacher: PreTrainedModel, keep: list[int]) -> PreTrainedModel:
 def narrower_random(teacher: PreTrainedModel, cfg: StudentConfig) -> PreTrainedModel:
     """Random-init student of the teacher's family with the requested depth/width."""
     config = copy.deepcopy(teacher.config)
+    config.__dict__.pop("slimformer_pruning", None)  # a pruned teacher's shapes are not ours
     spec = arch_of(config)
     if cfg.layers is not None:
         n = cfg.layers if isinstance(cfg.layers, int) else len(cfg.layers)

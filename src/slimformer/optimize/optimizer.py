@@ -14,9 +14,9 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from slimformer.errors import SlimformerError
+from slimformer.errors import RecipeError, SlimformerError
 from slimformer.eval.flops import flops_per_example
-from slimformer.eval.latency import measure_latency
+from slimformer.eval.latency import latency_inputs, measure_latency
 from slimformer.eval.predict import labels_of
 from slimformer.eval.variants import Variant, load_variant
 from slimformer.export.parity import parity
@@ -47,10 +47,22 @@ def optimize_model(
 ) -> tuple[Path, dict]:
     """Build, measure and choose. Returns the chosen candidate's folder (under ``work_dir``)
     and the report section (table, peaks, CPU, choice)."""
+    if task.name != "sequence-classification" or getattr(model.config, "num_labels", 2) < 2:
+        raise RecipeError(
+            "optimize compares candidates by classification accuracy; it supports "
+            "sequence-classification models with 2+ labels (not regression or embeddings) yet."
+        )
+    max_pos = getattr(model.config, "max_position_embeddings", None)
+    if max_pos and cfg.seq_len > max_pos:
+        raise RecipeError(
+            f"optimize.seq_len {cfg.seq_len} exceeds the model's {max_pos} positions."
+        )
     cpu = detect_cpu()
     peaks_before = measure_peaks()
     candidates, skipped = select_candidates(cfg.candidates, cpu)
-    thread_counts = cfg.threads or [torch.get_num_threads()]
+    # Threads are pinned in the saved folder only when the user asked for thread counts: a
+    # folder optimized here may be served on a machine with more or fewer cores.
+    thread_counts = cfg.threads or [None]
     several = len(thread_counts) > 1
     for name, reason in skipped.items():
         log.info("optimize: skipping %s (%s)", name, reason)
@@ -102,7 +114,7 @@ def optimize_model(
                 "precision": candidate.precision,
                 "quantization": candidate.quantization,
                 "compiled": candidate.compiled,
-                "threads": threads,
+                "threads": threads or torch.get_num_threads(),
                 "metrics": metrics,
                 "agreement_with_fp32": parity(baseline_values, values)["agreement"],
                 "size_mb": round(variant.size_mb, 3),
@@ -115,7 +127,18 @@ def optimize_model(
 
 
 def _measure_and_choose(model, task, cfg, variants, rows, skipped, cpu, work_dir, peaks_before):
+    base_name = next(iter(variants))
     log.info("optimize: measuring latency of %d candidates (interleaved)", len(variants))
+    for name in list(variants):  # one shape each first: a candidate that cannot run them drops out
+        try:
+            for b in cfg.batch_sizes:
+                variants[name].run(latency_inputs(variants[name].vocab_size, b, cfg.seq_len))
+        except Exception as exc:  # noqa: BLE001
+            if name == base_name:
+                raise
+            log.warning("optimize: %s failed at the latency shapes: %s", name, exc)
+            rows[name] = {"name": name, "error": f"{type(exc).__name__}: {exc}"[:500]}
+            del variants[name]
     latency = measure_latency(
         {n: (v.run, v.vocab_size) for n, v in variants.items()},
         tuple(cfg.batch_sizes),

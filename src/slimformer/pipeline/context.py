@@ -50,6 +50,7 @@ class RunContext:
     label_names: list[str] | None = None  # set when fine-tuning a backbone without a teacher
     unlabeled_count: int = 0  # rows at the end of train_ds from data.unlabeled (label -100)
     _teacher: PreTrainedModel | None = None
+    _extra_loaders: dict = field(default_factory=dict)
     _teacher_fp: str | None = None
 
     def load_teacher(self) -> PreTrainedModel:
@@ -95,8 +96,9 @@ class RunContext:
                 log.info("loading teacher %s", ref)
                 return self.task.load_model(ref, trust_remote_code=extra.trust_remote_code).eval()
 
-            cache = TeacherCache(root, self._fingerprint(ref, load), data_fp, len(ds))
-            targets.append(TeacherTargets(self.task, cache, _once(load)))
+            loader = self._extra_loaders.setdefault(ref, _once(load))
+            cache = TeacherCache(root, self._fingerprint(ref, loader), data_fp, len(ds))
+            targets.append(TeacherTargets(self.task, cache, loader))
         weights = [self.recipe.teacher.weight] + [e.weight for e in extras]
         return MultiTeacherTargets(targets, weights, self.recipe.teacher.mix)
 
@@ -218,6 +220,10 @@ def _once(load):
 
 def _check_extra_teachers(recipe: Recipe, tokenizer, config) -> None:
     """Every extra teacher shares the primary's tokenizer and label set, checked up front."""
+    if config.num_labels < 2:
+        raise RecipeError(
+            "teacher.also mixes class probabilities; regression teachers cannot be mixed."
+        )
     names = [recipe.teacher.model]
     label_sets = [[config.id2label[i] for i in range(config.num_labels)]]
     for extra in recipe.teacher.also:

@@ -33,6 +33,11 @@ def choose_training_data(
         info["labeled_examples"] = len(ctx.train_ds) - ctx.unlabeled_count
     if cfg.selection is None and cfg.curriculum is None:
         return train_ds, None, info
+    if getattr(ctx.teacher_config, "num_labels", 2) < 2:
+        raise RecipeError(
+            "selection and curriculum rank examples by the teacher's class probabilities; "
+            "they need a classification teacher (this one is a regression model)."
+        )
     log.info("teacher labels for all %d training rows (cached after the first run)", len(train_ds))
     probs = softmax(targets.all_values(ctx.train_ds, ctx.collate).astype(np.float64))
     if cfg.selection is not None:

@@ -1,5 +1,6 @@
 """``slimformer label``: the teacher writes soft labels (logits) for an unlabeled corpus, batch by
-batch: into the teacher cache (the same files a distill stage reads) and into
+batch: into the teacher cache (keyed by teacher and tokenized corpus: a distill stage whose
+training set is exactly this corpus reads them) and into
 ``labels.parquet`` (text, logits, predicted label, confidence, entropy, probabilities at each
 requested temperature), appended per batch so a corpus larger than RAM works."""
 
@@ -14,6 +15,7 @@ from tqdm.auto import tqdm
 from transformers import DataCollatorWithPadding
 
 from slimformer.data.readers import read_unlabeled, require_columns
+from slimformer.errors import OutputExistsError, RecipeError
 from slimformer.methods.data_distill.selection import entropy, softmax
 from slimformer.models.loading import check_model_ref, load_config, load_tokenizer
 from slimformer.pipeline.context import RunContext, default_cache_dir
@@ -34,7 +36,15 @@ def label_corpus(
     temperatures: list[float] | None = None,
     batch_size: int = 64,
     cache_dir: str | None = None,
+    overwrite: bool = False,
 ) -> dict:
+    output = Path(output)
+    if output.exists() and not overwrite:
+        raise OutputExistsError(
+            f"{output} already exists; choose another --output or pass --overwrite."
+        )
+    if temperatures is not None and (not temperatures or min(temperatures) <= 0):
+        raise RecipeError(f"temperatures must be numbers > 0, got {temperatures}.")
     recipe = parse_recipe(
         {
             "teacher": {"model": teacher},

@@ -78,7 +78,7 @@ def prune_stage(
             original = _original_after_drop(original, iterations)
             continue
         pruned_dir = it_dir / "pruned"
-        if resume and (pruned_dir / "config.json").is_file():
+        if resume and (it_dir / "dropped.json").is_file():
             model = ctx.task.load_model(str(pruned_dir))  # same cut as before the crash
             dropped = json.loads((it_dir / "dropped.json").read_text())
         else:

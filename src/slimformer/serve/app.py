@@ -18,6 +18,7 @@ from prometheus_client import (
 )
 from pydantic import BaseModel, ConfigDict, Field
 
+from slimformer.errors import SlimformerError
 from slimformer.serve.batcher import ClosedError, DynamicBatcher, QueueFullError
 
 
@@ -47,6 +48,11 @@ class PredictResponse(BaseModel):
 
 def create_app(predict, settings: ServeSettings, model_name: str = "model") -> FastAPI:
     """``predict(texts) -> [{label, score, scores}]`` is called in batches by the batcher."""
+    if settings.max_texts > settings.max_queue:
+        raise SlimformerError(
+            f"max_texts ({settings.max_texts}) must not exceed max_queue ({settings.max_queue}): "
+            "a request that large could never be queued."
+        )
     registry = CollectorRegistry()
     requests = Counter("slimformer_requests", "Requests by outcome", ["status"], registry=registry)
     texts_total = Counter("slimformer_texts", "Texts classified", registry=registry)
@@ -138,8 +144,10 @@ def serve(
     """Load ``model`` (any slimformer folder) and serve it until SIGINT/SIGTERM."""
     import uvicorn
 
+    from slimformer.models.loading import check_model_ref
     from slimformer.serve.classifier import TextClassifier
 
+    check_model_ref(model)  # a clear error for a missing folder, before uvicorn starts
     classifier = TextClassifier(model, max_length)
     classifier.predict(["warm-up"])  # compile/load kernels before the first request
     app = create_app(classifier.predict, settings or ServeSettings(), str(model))

@@ -60,6 +60,9 @@ class DynamicBatcher:
         return self._queue.qsize() if self._queue else 0
 
     def start(self) -> None:
+        if self._executor._shutdown:  # started again after close() (a second app lifespan)
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix="slimformer-model")
+        self._closed = False
         self._queue = asyncio.Queue()
         self._worker = asyncio.get_running_loop().create_task(self._run())
 

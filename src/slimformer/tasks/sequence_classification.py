@@ -75,6 +75,11 @@ class SequenceClassification(Task):
         """The unlabeled text (``data.unlabeled``), with its text in ``data.text_column``."""
         cfg = data.unlabeled
         if cfg.source == TRAIN_REST:
+            if data.eval is None:
+                raise DataError(
+                    f"data.unlabeled.source '{TRAIN_REST}' needs a separate data.eval: with the "
+                    f"eval set held out of data.train, the rest of the file would overlap it."
+                )
             if data.max_train_examples is None:
                 raise DataError(
                     f"data.unlabeled.source '{TRAIN_REST}' means the training rows not used as "

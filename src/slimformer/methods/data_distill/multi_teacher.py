@@ -24,7 +24,8 @@ def combine(
     mode: str = "fixed",
     temperature: float = 1.0,
 ) -> np.ndarray:
-    """Combined target *logits* (log of the mixed probabilities), usable by every KD loss."""
+    """Combined targets as log-probabilities of the mixed distribution (times T): right for the
+    KL soft loss (softmax of them is the mix); logit-matching losses (mse) see a shifted scale."""
     probs = [softmax(x, temperature) for x in logits_per_teacher]
     n = len(probs)
     if mode == "fixed":

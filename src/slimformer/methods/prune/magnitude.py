@@ -54,7 +54,7 @@ def apply_masks(weights: dict[str, nn.Parameter], masks: dict[str, torch.Tensor]
     handles = []
     for n, w in weights.items():
         w.mul_(masks[n])
-        handles.append(w.register_hook(lambda g, m=masks[n]: g * m))
+        handles.append(w.register_hook(lambda g, m=masks[n]: g * m.to(g.device)))
     return handles
 
 

@@ -30,13 +30,7 @@ def keep_top(
     check_fraction(what, fraction)
     keep = {}
     for layer, (s, original) in enumerate(zip(scores, originals, strict=True)):
-        k = keep_count(original, fraction)
-        if original * (1 - fraction) < 1 and what == "heads" and fraction > 0:
-            raise RecipeError(
-                f"prune.heads = {fraction} would remove all {original} heads of layer {layer}; "
-                f"keep at least one head per layer, or remove the layer with prune.layers."
-            )
-        k = min(k, len(s))
+        k = min(keep_count(original, fraction), len(s))  # never below one unit per layer
         keep[layer] = sorted(torch.topk(s, k).indices.tolist())
     return keep
 
