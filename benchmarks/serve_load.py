@@ -42,6 +42,8 @@ def start_server(model: str, port: int, max_batch: int, max_queue: int) -> subpr
         str(max_queue),
         "--max-wait-ms",
         "5",
+        "--max-texts",
+        str(min(64, max_queue)),
     ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 600  # a compiled model compiles at start-up
@@ -97,10 +99,14 @@ def main() -> None:
     p.add_argument("--clients", default="1,8,32")
     p.add_argument("--port", type=int, default=8765)
     p.add_argument("--overload", action="store_true", help="also: 64 clients vs a queue of 8")
+    p.add_argument("--overload-only", action="store_true", help="only the overload run")
     args = p.parse_args()
     texts = sentences()
     results = []
-    for label, max_batch in (("dynamic batching (max 32)", 32), ("batch size 1", 1)):
+    settings = (
+        [] if args.overload_only else [("dynamic batching (max 32)", 32), ("batch size 1", 1)]
+    )
+    for label, max_batch in settings:
         proc = start_server(args.model, args.port, max_batch, 1024)
         try:
             for n in [int(x) for x in args.clients.split(",")]:
@@ -111,7 +117,7 @@ def main() -> None:
         finally:
             proc.terminate()
             proc.wait(60)
-    if args.overload:
+    if args.overload or args.overload_only:
         proc = start_server(args.model, args.port, 32, 8)
         try:
             row = asyncio.run(load(args.port, 64, args.duration / 2, texts))
