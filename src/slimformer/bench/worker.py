@@ -14,6 +14,17 @@ from pathlib import Path
 import torch
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident memory. Linux: VmHWM of the address space, which starts
+    fresh at exec (``ru_maxrss`` would carry over the parent's peak from fork)."""
+    status = Path("/proc/self/status")
+    if status.is_file():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
 def measure(job: dict) -> dict:
     from slimformer.eval.flops import folder_flops
     from slimformer.eval.latency import latency_inputs
@@ -48,7 +59,7 @@ def measure(job: dict) -> dict:
             samples[f"bs{batch}_seq{seq}"] = times
     # Peak memory of loading and serving this variant, read before the eval pass and the FLOP
     # count (which builds an fp32 copy of the architecture) add their own.
-    out["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    out["peak_rss_mb"] = peak_rss_mb()
     out["latency_samples_ms"] = samples
     if job["with_metrics"]:
         values = variant.predict(ctx.eval_ds, ctx.collate)
