@@ -73,7 +73,7 @@ def render_html(
                     names,
                     [float(r[latency_key]) for r in plotted],
                     ys,
-                    f"latency {latency_key} (ms)",
+                    f"{latency_key.removeprefix('latency ')} latency (ms)",
                     metric,
                 ),
                 "metric vs latency",
