@@ -39,6 +39,13 @@ def _kd_loss(ctx: RunContext, cfg) -> tuple:
     return targets, make_loss_fn(ctx.task, loss_cfg, targets)
 
 
+def _save(model, ctx: RunContext, out: Path) -> None:
+    """A loadable folder (weights with their pruned shapes + tokenizer), written atomically."""
+    with atomic_dir(out) as tmp:
+        model.save_pretrained(tmp)
+        ctx.tokenizer.save_pretrained(tmp)
+
+
 def _importance_batches(ctx: RunContext, n: int) -> list[dict]:
     subset = ctx.train_ds.select(range(min(n, len(ctx.train_ds))))
     return list(DataLoader(subset, batch_size=32, collate_fn=ctx.collate))
@@ -83,9 +90,7 @@ def prune_stage(
             dropped = json.loads((it_dir / "dropped.json").read_text())
         else:
             model, dropped = _prune_once(model, cfg, it, original, batches, importance_loss)
-            with atomic_dir(pruned_dir) as tmp:
-                model.save_pretrained(tmp)
-                ctx.tokenizer.save_pretrained(tmp)
+            _save(model, ctx, pruned_dir)
             write_json_atomic(it_dir / "dropped.json", dropped)
         original = {
             k: [v[i] for i in range(len(v)) if i not in dropped] for k, v in original.items()
@@ -106,9 +111,7 @@ def prune_stage(
             )
             info["recovery"] = _summary(result)
         out = it_dir / "model"
-        with atomic_dir(out) as tmp:
-            model.save_pretrained(tmp)
-            ctx.tokenizer.save_pretrained(tmp)
+        _save(model, ctx, out)
         write_json_atomic(it_dir / DONE, info)
         iterations.append(info)
     targets.cache.flush()
@@ -187,9 +190,7 @@ def sparsify_stage(
                 h.remove()
         info["sparsity"] = round(sparsity_of(prunable_weights(model)), 4)
         out = it_dir / "model"
-        with atomic_dir(out) as tmp:
-            model.save_pretrained(tmp)
-            ctx.tokenizer.save_pretrained(tmp)
+        _save(model, ctx, out)
         write_json_atomic(it_dir / DONE, info)
         steps.append(info)
         log.info("sparsify iteration %d: sparsity %.3f", it, info["sparsity"])
