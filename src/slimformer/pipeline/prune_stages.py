@@ -82,7 +82,7 @@ def prune_stage(
         if (it_dir / DONE).is_file():
             model = ctx.task.load_model(str(it_dir / "model"))
             iterations.append(json.loads((it_dir / DONE).read_text()))
-            original = _original_after_drop(original, iterations)
+            original = _without_layers(original, iterations[-1].get("dropped_layers", []))
             continue
         pruned_dir = it_dir / "pruned"
         if resume and (it_dir / "dropped.json").is_file():
@@ -92,9 +92,7 @@ def prune_stage(
             model, dropped = _prune_once(model, cfg, it, original, batches, importance_loss)
             _save(model, ctx, pruned_dir)
             write_json_atomic(it_dir / "dropped.json", dropped)
-        original = {
-            k: [v[i] for i in range(len(v)) if i not in dropped] for k, v in original.items()
-        }
+        original = _without_layers(original, dropped)
         plan = current_plan(model)
         log.info(
             "prune iteration %d/%d: heads %s, FFN %s, dropped layers %s",
@@ -127,9 +125,9 @@ def prune_stage(
     }
 
 
-def _original_after_drop(original: dict, iterations: list[dict]) -> dict:
-    dropped = iterations[-1].get("dropped_layers", [])
-    return {k: [v[i] for i in range(len(v)) if i not in dropped] for k, v in original.items()}
+def _without_layers(plan: dict[str, list[int]], dropped: list[int]) -> dict[str, list[int]]:
+    """The per-layer counts of ``plan`` for the layers that remain after ``dropped``."""
+    return {k: [v[i] for i in range(len(v)) if i not in dropped] for k, v in plan.items()}
 
 
 def _prune_once(model, cfg: PruneStage, it: int, original: dict, batches, loss) -> tuple:
@@ -142,9 +140,7 @@ def _prune_once(model, cfg: PruneStage, it: int, original: dict, batches, loss) 
             "layer drop-one loss increase %s -> dropping %s", [round(s, 4) for s in scores], dropped
         )
         model = drop_layers(model, dropped)
-        original = {
-            k: [v[i] for i in range(len(v)) if i not in dropped] for k, v in original.items()
-        }
+        original = _without_layers(original, dropped)
     share = it / cfg.iterations
     if cfg.heads or cfg.ffn:
         head_scores, ffn_scores = gradient_importance(model, batches, loss)
