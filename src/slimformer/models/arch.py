@@ -19,6 +19,11 @@ class ArchSpec:
     hidden: str = "hidden_size"
     heads: str = "num_attention_heads"
     intermediate: str = "intermediate_size"
+    embeddings: str = "embeddings"  # module whose output is the first hidden state
+    # attention query/key projections inside a block (layer-wise attention distillation);
+    # None where scores are not q.k alone (rotary or relative positions)
+    query: str | None = "attention.self.query"
+    key: str | None = "attention.self.key"
 
 
 ARCHS: dict[str, ArchSpec] = {
@@ -26,11 +31,25 @@ ARCHS: dict[str, ArchSpec] = {
     "roberta": ArchSpec("encoder.layer", "num_hidden_layers"),
     "xlm-roberta": ArchSpec("encoder.layer", "num_hidden_layers"),
     "electra": ArchSpec("encoder.layer", "num_hidden_layers"),
-    "deberta-v2": ArchSpec("encoder.layer", "num_hidden_layers"),
-    "distilbert": ArchSpec("transformer.layer", "n_layers", "dim", "n_heads", "hidden_dim"),
-    "llama": ArchSpec("layers", "num_hidden_layers"),
-    "mistral": ArchSpec("layers", "num_hidden_layers"),
-    "qwen2": ArchSpec("layers", "num_hidden_layers"),
+    "deberta-v2": ArchSpec("encoder.layer", "num_hidden_layers", query=None, key=None),
+    "distilbert": ArchSpec(
+        "transformer.layer",
+        "n_layers",
+        "dim",
+        "n_heads",
+        "hidden_dim",
+        query="attention.q_lin",
+        key="attention.k_lin",
+    ),
+    "llama": ArchSpec(
+        "layers", "num_hidden_layers", embeddings="embed_tokens", query=None, key=None
+    ),
+    "mistral": ArchSpec(
+        "layers", "num_hidden_layers", embeddings="embed_tokens", query=None, key=None
+    ),
+    "qwen2": ArchSpec(
+        "layers", "num_hidden_layers", embeddings="embed_tokens", query=None, key=None
+    ),
 }
 
 
@@ -45,6 +64,14 @@ def arch_of(config: PretrainedConfig) -> ArchSpec:
 
 def num_layers(config: PretrainedConfig) -> int:
     return int(getattr(config, arch_of(config).num_layers))
+
+
+def find_module(model: nn.Module, suffix: str) -> nn.Module:
+    """The one submodule named ``suffix`` or ``*.suffix`` (first match, outermost first)."""
+    for name, module in model.named_modules():
+        if name == suffix or name.endswith("." + suffix):
+            return module
+    raise ModelError(f"Could not find the module {suffix!r} in {type(model).__name__}.")
 
 
 def layers_module_name(model: nn.Module) -> str:

@@ -49,6 +49,7 @@ class RunContext:
     student_info: dict = field(default_factory=dict)
     label_names: list[str] | None = None  # set when fine-tuning a backbone without a teacher
     unlabeled_count: int = 0  # rows at the end of train_ds from data.unlabeled (label -100)
+    train_raw: datasets.Dataset | None = None  # labeled training rows as read (for augmentation)
     _teacher: PreTrainedModel | None = None
     _extra_loaders: dict = field(default_factory=dict)
     _teacher_fp: str | None = None
@@ -189,6 +190,7 @@ def build_context(recipe: Recipe, cache_dir: str | None = None) -> RunContext:
         teacher_config=teacher_config,
         label_names=label_names,
         unlabeled_count=unlabeled_count,
+        train_raw=train_raw,
     )
     return ctx
 

@@ -17,20 +17,50 @@ from slimformer.methods.data_distill.selection import (
     selection_stats,
     softmax,
 )
+from slimformer.pipeline.augment import augmented_rows
 from slimformer.pipeline.context import RunContext
 from slimformer.utils.atomic import write_json_atomic
 
 log = logging.getLogger("slimformer")
 
 
+def training_rows(ctx: RunContext, cfg) -> tuple[datasets.Dataset, int, dict]:
+    """The stage's rows before selection: ``rows`` filter, then augmented copies appended.
+    Returns (rows with idx 0..n-1, how many at the end have no gold label, report info)."""
+    ds, n_unlabeled, info = ctx.train_ds, ctx.unlabeled_count, {}
+    n_labeled = len(ds) - n_unlabeled
+    if cfg.rows != "all":
+        if cfg.rows == "unlabeled" and not n_unlabeled:
+            raise RecipeError(
+                "rows: unlabeled needs data.unlabeled (the plain text to distill on)."
+            )
+        keep = range(n_labeled) if cfg.rows == "labeled" else range(n_labeled, len(ds))
+        ds = _reindex(ds.select(keep))
+        n_unlabeled = 0 if cfg.rows == "labeled" else len(ds)
+        n_labeled = len(ds) - n_unlabeled
+        info["rows"] = cfg.rows
+    if cfg.augment is not None:
+        extra, info["augment"] = augmented_rows(ctx, cfg.augment)
+        ds = _reindex(datasets.concatenate_datasets([ds.remove_columns("idx"), extra]))
+        n_unlabeled += len(extra)
+    if n_unlabeled:
+        info["unlabeled_examples"] = n_unlabeled
+        info["labeled_examples"] = n_labeled
+    return ds, n_unlabeled, info
+
+
+def _reindex(ds: datasets.Dataset) -> datasets.Dataset:
+    if "idx" in ds.column_names:
+        ds = ds.remove_columns("idx")
+    return ds.add_column("idx", list(range(len(ds))))
+
+
 def choose_training_data(
-    ctx: RunContext, cfg, targets, stage_dir: Path
+    ctx: RunContext, cfg, targets, stage_dir: Path, rows: datasets.Dataset, n_unlabeled: int
 ) -> tuple[datasets.Dataset, object | None, dict]:
-    """(training rows, batch sampler or None, report info) for a distill stage."""
-    train_ds, info = ctx.train_ds, {}
-    if ctx.unlabeled_count:
-        info["unlabeled_examples"] = ctx.unlabeled_count
-        info["labeled_examples"] = len(ctx.train_ds) - ctx.unlabeled_count
+    """(training rows, batch sampler or None, report info) for a distill stage; ``rows`` come
+    from ``training_rows`` and ``targets`` are the teacher's outputs for them."""
+    train_ds, info = rows, {}
     if cfg.selection is None and cfg.curriculum is None:
         return train_ds, None, info
     if getattr(ctx.teacher_config, "num_labels", 2) < 2:
@@ -39,9 +69,9 @@ def choose_training_data(
             "they need a classification teacher (this one is a regression model)."
         )
     log.info("teacher labels for all %d training rows (cached after the first run)", len(train_ds))
-    probs = softmax(targets.all_values(ctx.train_ds, ctx.collate).astype(np.float64))
+    probs = softmax(targets.all_values(rows, ctx.collate).astype(np.float64))
     if cfg.selection is not None:
-        train_ds, info["selection"] = _select(ctx, cfg.selection, probs, stage_dir)
+        train_ds, info["selection"] = _select(rows, n_unlabeled, cfg.selection, probs, stage_dir)
     sampler = None
     if cfg.curriculum is not None:
         confidence = probs[np.asarray(train_ds["idx"])].max(-1)
@@ -57,8 +87,8 @@ def choose_training_data(
     return train_ds, sampler, info
 
 
-def _select(ctx: RunContext, sel, probs: np.ndarray, stage_dir: Path):
-    n, n_unlabeled = len(probs), ctx.unlabeled_count
+def _select(rows: datasets.Dataset, n_unlabeled: int, sel, probs: np.ndarray, stage_dir: Path):
+    n = len(probs)
     if sel.scope == "unlabeled":
         if not n_unlabeled:
             raise RecipeError(
@@ -84,4 +114,4 @@ def _select(ctx: RunContext, sel, probs: np.ndarray, stage_dir: Path):
         len(chosen),
         len(candidates),
     )
-    return ctx.train_ds.select(keep.tolist()), stats
+    return rows.select(keep.tolist()), stats

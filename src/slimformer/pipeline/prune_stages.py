@@ -7,6 +7,7 @@ from pathlib import Path
 
 from torch.utils.data import DataLoader
 
+from slimformer.errors import RecipeError
 from slimformer.methods.distill.objective import DistillLossConfig, make_loss_fn
 from slimformer.methods.prune.importance import (
     gradient_importance,
@@ -34,6 +35,11 @@ DONE = "iteration_done.json"
 
 
 def _kd_loss(ctx: RunContext, cfg) -> tuple:
+    if cfg.intermediate is not None:
+        raise RecipeError(
+            "intermediate (layer-wise) terms are supported in distill stages only; pruning "
+            "changes the layers they hook into. Distill with them before or after pruning."
+        )
     targets = ctx.teacher_targets(ctx.train_ds)
     loss_cfg = DistillLossConfig(**{k: getattr(cfg, k) for k in DistillLossConfig.model_fields})
     return targets, make_loss_fn(ctx.task, loss_cfg, targets)

@@ -13,6 +13,7 @@ from slimformer.config import StrictConfig
 from slimformer.data.config import DataConfig
 from slimformer.errors import RecipeError
 from slimformer.export.ort_quantize import QuantizeConfig
+from slimformer.methods.augment.config import AugmentConfig
 from slimformer.methods.distill.objective import DistillLossConfig
 from slimformer.models.student import StudentConfig
 from slimformer.optimize.config import OptimizeConfig
@@ -68,8 +69,17 @@ class KDTrainStage(TrainConfig, DistillLossConfig):
 
 
 class DistillStage(KDTrainStage):
-    """Train the student on the teacher's soft targets mixed with the hard labels."""
+    """Train the student on the teacher's soft targets mixed with the hard labels (and, with
+    ``intermediate``, on its hidden states and attention)."""
 
+    rows: Literal["all", "labeled", "unlabeled"] = Field(
+        "all",
+        description="training rows used: all, the labeled ones, or data.unlabeled only "
+        "(general distillation on plain text)",
+    )
+    augment: AugmentConfig | None = Field(
+        None, description="add augmented copies of the labeled rows, labeled by the teacher"
+    )
     selection: SelectionConfig | None = None
     curriculum: CurriculumConfig | None = None
 

@@ -13,11 +13,13 @@ from slimformer.eval.variants import is_onnx_folder, onnx_variant
 from slimformer.export.onnx_export import export_onnx
 from slimformer.export.ort_quantize import QuantizeConfig, quantize_onnx
 from slimformer.export.parity import check_parity, parity
-from slimformer.methods.distill.objective import DistillLossConfig, make_loss_fn
+from slimformer.methods.distill.layerwise.distiller import LayerwiseDistiller
+from slimformer.methods.distill.objective import DistillLossConfig, KDLoss, make_loss_fn
+from slimformer.models.freeze import freeze_encoder
 from slimformer.optimize.config import OptimizeConfig
 from slimformer.optimize.optimizer import copy_choice, optimize_model
 from slimformer.pipeline.context import RunContext, teacher_eval_values
-from slimformer.pipeline.data_distill import choose_training_data
+from slimformer.pipeline.data_distill import choose_training_data, training_rows
 from slimformer.pipeline.recipe import (
     DistillStage,
     ExportStage,
@@ -76,6 +78,13 @@ def _train(
     batch_sampler=None,
 ) -> TrainResult:
     """The shared loop call of the training stages (evaluated on the eval set, best kept)."""
+    if cfg.freeze_encoder:
+        counts = freeze_encoder(model)
+        log.info(
+            "encoder frozen: %d parameters train (the head), %d frozen",
+            counts["trainable_params"],
+            counts["frozen_params"],
+        )
     return train(
         model,
         ctx.train_ds if train_ds is None else train_ds,
@@ -97,23 +106,42 @@ def _eval_fn(ctx: RunContext, reference):
     return lambda model: evaluate(model, ctx.task, ctx.eval_ds, ctx.collate, reference)
 
 
+def kd_loss(ctx: RunContext, cfg, model: PreTrainedModel, targets) -> tuple[KDLoss, dict]:
+    """The stage's KD loss; with ``intermediate``, the layer-wise terms too (mapping checked
+    and logged here, before training starts)."""
+    loss_cfg = DistillLossConfig(**{k: getattr(cfg, k) for k in DistillLossConfig.model_fields})
+    layerwise, info = None, {}
+    if loss_cfg.intermediate is not None:
+        layerwise = LayerwiseDistiller(
+            loss_cfg.intermediate, model, ctx.load_teacher, ctx.task.forward
+        )
+        info = layerwise.describe()
+        log.info(
+            "layer-wise KD, student -> teacher layers: %s; terms %s",
+            ", ".join(f"{s}->{t}" for s, t in layerwise.mapping.items()),
+            info["terms"],
+        )
+    return make_loss_fn(ctx.task, loss_cfg, targets, layerwise), info
+
+
 @STAGES.register("distill")
 def distill_stage(
     ctx: RunContext, cfg: DistillStage, model_dir: Path | None, stage_dir: Path, resume: bool
 ) -> tuple[Path, dict]:
     model = trainable_model(ctx, model_dir)
-    targets = ctx.teacher_targets(ctx.train_ds)
-    before = targets.cache.filled_count
+    rows, n_unlabeled, rows_info = training_rows(ctx, cfg)
+    targets = ctx.teacher_targets(rows)
     log.info(
         "teacher cache %s: %d/%d training examples already cached",
         targets.cache.dir,
-        before,
-        len(ctx.train_ds),
+        targets.cache.filled_count,
+        len(rows),
     )
-    loss_cfg = DistillLossConfig(**{k: getattr(cfg, k) for k in DistillLossConfig.model_fields})
-    loss_fn = make_loss_fn(ctx.task, loss_cfg, targets)
+    loss_fn, layerwise_info = kd_loss(ctx, cfg, model, targets)
     reference = teacher_eval_values(ctx)
-    train_ds, sampler, data_info = choose_training_data(ctx, cfg, targets, stage_dir)
+    train_ds, sampler, data_info = choose_training_data(
+        ctx, cfg, targets, stage_dir, rows, n_unlabeled
+    )
     result = _train(
         ctx,
         cfg,
@@ -138,7 +166,10 @@ def distill_stage(
         "teacher_forward_examples": targets.teacher_examples,
         "cached_examples": targets.cached_examples,
         "cache_dir": str(targets.cache.dir),
+        **rows_info,
         **data_info,
+        **({"intermediate": layerwise_info} if layerwise_info else {}),
+        **({"encoder_frozen": True} if cfg.freeze_encoder else {}),
     }
 
 

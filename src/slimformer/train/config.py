@@ -21,3 +21,6 @@ class TrainConfig(StrictConfig):
     eval_every: int | None = Field(None, gt=0, description="steps; default: end of each epoch")
     save_every: int = Field(200, gt=0, description="checkpoint every N optimizer steps")
     log_every: int = Field(20, gt=0)
+    freeze_encoder: bool = Field(
+        False, description="train only the task head (embeddings and blocks frozen)"
+    )

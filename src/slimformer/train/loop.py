@@ -36,12 +36,13 @@ class TrainResult:
     resumed_from: int | None = None
 
 
-def _optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+def _optimizer(modules: list[torch.nn.Module], cfg: TrainConfig) -> torch.optim.Optimizer:
     """AdamW without weight decay on biases and norms (the usual BERT recipe)."""
     decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if p.requires_grad:
-            (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
+    for module in modules:
+        for name, p in module.named_parameters():
+            if p.requires_grad:
+                (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
     groups = [
         {"params": decay, "weight_decay": cfg.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
@@ -50,6 +51,11 @@ def _optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimize
         return torch.optim.AdamW(groups, lr=cfg.learning_rate, fused=True)
     except (RuntimeError, TypeError):
         return torch.optim.AdamW(groups, lr=cfg.learning_rate)
+
+
+def _trained_parameters(model: torch.nn.Module, loss_fn) -> list[torch.nn.Parameter]:
+    aux = getattr(loss_fn, "aux_module", None)
+    return list(model.parameters()) + (list(aux.parameters()) if aux is not None else [])
 
 
 def _save_model(accelerator: Accelerator, model, target: Path, tokenizer=None) -> None:
@@ -78,7 +84,9 @@ def train(
     batch_sampler=None,
 ) -> TrainResult:
     """``batch_sampler``: a custom order (e.g. a curriculum) with ``set_epoch``/``len``;
-    default: length-grouped, seeded batches."""
+    default: length-grouped, seeded batches. A ``loss_fn`` with trainable parameters of its own
+    exposes them as ``loss_fn.aux_module``: they are optimised and checkpointed with the model
+    (never saved with it), and the prepared module is put back on ``loss_fn``."""
     out_dir = Path(out_dir)
     set_seed(seed)
     accelerator = Accelerator(
@@ -96,9 +104,12 @@ def train(
         math.ceil(len(sampler) / accelerator.num_processes) / cfg.grad_accum
     )
     total = cfg.max_steps or math.ceil(cfg.epochs * steps_per_epoch)
-    optimizer = _optimizer(model, cfg)
+    aux = getattr(loss_fn, "aux_module", None)
+    optimizer = _optimizer([model] + ([aux] if aux is not None else []), cfg)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total), total)
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    if aux is not None:
+        loss_fn.aux_module = accelerator.prepare(aux)
 
     state = {
         "step": 0,
@@ -164,7 +175,9 @@ def train(
                 loss, logs = loss_fn(model, batch, state["step"] / total)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and cfg.max_grad_norm:
-                    accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                    accelerator.clip_grad_norm_(
+                        _trained_parameters(model, loss_fn), cfg.max_grad_norm
+                    )
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad()

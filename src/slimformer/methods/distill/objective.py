@@ -1,15 +1,22 @@
-"""The KD objective: alpha * soft(student, teacher; T) + (1 - alpha) * hard(student, labels).
+"""The KD objective:
 
-alpha and T may follow schedules over the stage (e.g. T 5 -> 1). With ``alpha: 0`` this is plain
-fine-tuning, so finetune and distill share one training loop and one loss path.
+    prediction_weight * [alpha * soft(student, teacher; T) + (1 - alpha) * hard(student, labels)]
+    + sum of weighted layer-wise terms (``intermediate``)
+
+alpha, T and every weight may follow schedules over the stage (e.g. T 5 -> 1, prediction weight
+0.3 -> 1 while the intermediate weights fall). With ``alpha: 0`` this is plain fine-tuning, so
+finetune and distill share one training loop and one loss path.
 """
 
 from collections.abc import Callable
+from contextlib import nullcontext
 
 import torch
 from pydantic import Field, field_validator
 
 from slimformer.config import StrictConfig
+from slimformer.methods.distill.layerwise.config import IntermediateConfig
+from slimformer.methods.distill.layerwise.distiller import LayerwiseDistiller
 from slimformer.methods.distill.losses import HARD_LOSSES, SOFT_LOSSES
 from slimformer.methods.distill.schedules import ScheduledValue, bounds, value_at
 from slimformer.tasks.base import Task
@@ -27,6 +34,12 @@ class DistillLossConfig(StrictConfig):
     )
     relations: dict[str, float] = Field(
         {}, description="extra soft terms with weights, e.g. {rkd_distance: 1, rkd_angle: 2}"
+    )
+    prediction_weight: ScheduledValue = Field(
+        1.0, description="weight of the prediction (logit) part; 0 = intermediate terms only"
+    )
+    intermediate: IntermediateConfig | None = Field(
+        None, description="layer-wise terms (hidden states, attention) against the teacher"
     )
 
     @field_validator("temperatures")
@@ -67,6 +80,13 @@ class DistillLossConfig(StrictConfig):
             raise ValueError(f"temperature must be > 0 everywhere in its schedule, got {v}")
         return v
 
+    @field_validator("prediction_weight")
+    @classmethod
+    def _weight_non_negative(cls, v: ScheduledValue) -> ScheduledValue:
+        if bounds(v)[0] < 0:
+            raise ValueError(f"prediction_weight must be >= 0 everywhere, got {v}")
+        return v
+
     @field_validator("alpha")
     @classmethod
     def _alpha_unit(cls, v: ScheduledValue) -> ScheduledValue:
@@ -76,34 +96,76 @@ class DistillLossConfig(StrictConfig):
         return v
 
 
-def make_loss_fn(
-    task: Task, cfg: DistillLossConfig, teacher_targets: Callable[[dict], torch.Tensor] | None
-) -> LossFn:
-    """Build ``loss_fn(model, batch, progress) -> (loss, logs)`` for the training loop."""
-    soft = SOFT_LOSSES.get(cfg.soft)
-    hard = HARD_LOSSES.get(cfg.hard) if cfg.hard else None
+class KDLoss:
+    """``loss(model, batch, progress) -> (loss, logs)`` for the training loop.
 
-    def loss_fn(model, batch: dict, progress: float):
-        alpha = value_at(cfg.alpha, progress) if teacher_targets is not None else 0.0
+    ``aux_module`` holds the loss's own trainable parameters (the layer-wise projections): the
+    loop optimises and checkpoints it with the model and puts back the prepared module.
+    """
+
+    def __init__(
+        self,
+        task: Task,
+        cfg: DistillLossConfig,
+        teacher_targets: Callable[[dict], torch.Tensor] | None,
+        layerwise: LayerwiseDistiller | None = None,
+    ) -> None:
+        self.task, self.cfg, self.teacher_targets, self.layerwise = (
+            task,
+            cfg,
+            teacher_targets,
+            layerwise,
+        )
+        self.soft = SOFT_LOSSES.get(cfg.soft)
+        self.hard = HARD_LOSSES.get(cfg.hard) if cfg.hard else None
+        has_params = layerwise is not None and any(True for _ in layerwise.projector.parameters())
+        self.aux_module = layerwise.projector if has_params else None
+
+    def __call__(self, model, batch: dict, progress: float):
+        cfg = self.cfg
+        lw = self.layerwise
+        if lw is not None and self.aux_module is not None:
+            lw.projector = self.aux_module  # the prepared module the loop handed back
+        alpha = value_at(cfg.alpha, progress) if self.teacher_targets is not None else 0.0
         t = value_at(cfg.temperature, progress)
-        out = task.forward(model, batch)
+        pw = value_at(cfg.prediction_weight, progress)
+        with lw.student_recorder.record() if lw is not None else nullcontext():
+            out = self.task.forward(model, batch)
         logs = {"alpha": alpha, "temperature": t}
+        if lw is not None:
+            logs["prediction_weight"] = pw
         loss = 0.0
-        if alpha > 0:
-            target = teacher_targets(batch)
+        if alpha > 0 and pw > 0:
+            target = self.teacher_targets(batch)
             temps = cfg.temperatures or [t]
-            soft_loss = sum(soft(out.values, target, out.mask, tk) for tk in temps) / len(temps)
+            soft_loss = sum(self.soft(out.values, target, out.mask, tk) for tk in temps) / len(
+                temps
+            )
             logs["loss_soft"] = soft_loss.detach().item()
             for name, weight in cfg.relations.items():
                 term = SOFT_LOSSES.get(name)(out.values, target, out.mask, t)
                 logs[f"loss_{name}"] = term.detach().item()
                 soft_loss = soft_loss + weight * term
-            loss = loss + alpha * soft_loss
-        labels = task.hard_targets(batch)
-        if alpha < 1 and hard is not None and labels is not None:
-            hard_loss = hard(out.values, labels, out.mask)
+            loss = loss + pw * alpha * soft_loss
+        labels = self.task.hard_targets(batch)
+        if alpha < 1 and pw > 0 and self.hard is not None and labels is not None:
+            hard_loss = self.hard(out.values, labels, out.mask)
             logs["loss_hard"] = hard_loss.detach().item()
-            loss = loss + (1 - alpha) * hard_loss
+            loss = loss + pw * (1 - alpha) * hard_loss
+        if lw is not None:
+            inter, inter_logs = lw.loss(batch, progress)
+            logs.update(inter_logs)
+            loss = loss + inter
+        if not torch.is_tensor(loss):  # every weight is 0 at this point of the schedules
+            loss = out.values.sum() * 0.0
         return loss, logs
 
-    return loss_fn
+
+def make_loss_fn(
+    task: Task,
+    cfg: DistillLossConfig,
+    teacher_targets: Callable[[dict], torch.Tensor] | None,
+    layerwise: LayerwiseDistiller | None = None,
+) -> KDLoss:
+    """The stage's loss; ``layerwise`` adds the intermediate terms (built from the models)."""
+    return KDLoss(task, cfg, teacher_targets, layerwise)

@@ -1,6 +1,8 @@
 """Loss registries and the masked mean they share."""
 
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
@@ -13,6 +15,22 @@ HardLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 SOFT_LOSSES: Registry[SoftLoss] = Registry("soft loss")
 HARD_LOSSES: Registry[HardLoss] = Registry("hard loss")
+
+
+@dataclass(frozen=True)
+class LayerLoss:
+    """A layer-wise (intermediate) term. ``needs`` says what it compares:
+
+    - ``embeddings`` / ``hidden``: token states (B, L, H), student already projected to the
+      teacher's width, with the token mask (B, L);
+    - ``attention``: attention scores (B, heads, L, L) before softmax, with the token mask (B, L).
+    """
+
+    needs: Literal["embeddings", "hidden", "attention"]
+    fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+LAYER_LOSSES: Registry[LayerLoss] = Registry("layer-wise loss")
 
 
 def masked_mean(per_position: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

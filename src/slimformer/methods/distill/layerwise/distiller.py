@@ -1,0 +1,160 @@
+"""The intermediate half of layer-wise KD: record both models, project the student's states to
+the teacher's width (learned, one linear map per mapped layer, trained with the student and
+never saved with it), and sum the weighted terms over the mapped layers."""
+
+import logging
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+
+from slimformer.errors import RecipeError
+from slimformer.methods.distill.layerwise.config import IntermediateConfig
+from slimformer.methods.distill.layerwise.mapping import layer_mapping
+from slimformer.methods.distill.layerwise.recorder import Recorder, attention_scores
+from slimformer.methods.distill.losses import LAYER_LOSSES
+from slimformer.methods.distill.schedules import value_at
+from slimformer.models.arch import arch_of, num_layers
+from slimformer.models.prune import blocks, head_size
+
+log = logging.getLogger("slimformer")
+
+
+def hidden_width(model: PreTrainedModel) -> int:
+    return int(getattr(model.config, arch_of(model.config).hidden))
+
+
+def heads_per_layer(model: PreTrainedModel) -> list[int]:
+    """Attention heads of each block as the weights are (pruned models differ per layer)."""
+    query = arch_of(model.config).query
+    d = head_size(model.config)
+    return [blk.get_submodule(query).out_features // d for blk in blocks(model)]
+
+
+class Projector(nn.Module):
+    """Student width -> teacher width, one map per student layer compared (key = layer number)."""
+
+    def __init__(self, layers: list[int], student_width: int, teacher_width: int) -> None:
+        super().__init__()
+        self.maps = nn.ModuleDict(
+            {str(i): nn.Linear(student_width, teacher_width) for i in layers}
+            if student_width != teacher_width
+            else {}
+        )
+
+    def forward(self, states: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
+        return {i: self.maps[str(i)](h) if str(i) in self.maps else h for i, h in states.items()}
+
+
+class LayerwiseDistiller:
+    def __init__(
+        self,
+        cfg: IntermediateConfig,
+        student: PreTrainedModel,
+        teacher: Callable[[], PreTrainedModel],
+        forward: Callable[[PreTrainedModel, dict], object],
+    ) -> None:
+        """``teacher`` loads (once) the teacher; ``forward`` runs a model on a batch (the task's)."""
+        self.cfg = cfg
+        self.forward = forward
+        self._teacher = teacher()
+        s_layers, t_layers = num_layers(student.config), num_layers(self._teacher.config)
+        self.mapping = {0: 0, **layer_mapping(s_layers, t_layers, cfg.mapping)}
+        self.terms = {name: LAYER_LOSSES.get(name) for name in cfg.terms}
+        needs = {t.needs for t in self.terms.values()}
+        blocks_ = list(range(1, s_layers + 1))
+        hidden = ([0] if "embeddings" in needs else []) + (blocks_ if "hidden" in needs else [])
+        attention = blocks_ if "attention" in needs else []
+        if attention:
+            self._check_heads(student, attention)
+        self.student_recorder = Recorder(student, hidden, attention)
+        self.teacher_recorder = Recorder(
+            self._teacher, [self.mapping[i] for i in hidden], [self.mapping[i] for i in attention]
+        )
+        self.projector = Projector(hidden, hidden_width(student), hidden_width(self._teacher))
+        self._head_size = (head_size(student.config), head_size(self._teacher.config))
+
+    def _check_heads(self, student: PreTrainedModel, layers: list[int]) -> None:
+        s_heads, t_heads = heads_per_layer(student), heads_per_layer(self._teacher)
+        pairs = [(s_heads[m - 1], t_heads[self.mapping[m] - 1]) for m in layers]
+        if self.cfg.heads == "same" and any(s != t for s, t in pairs):
+            raise RecipeError(
+                f"Attention terms compare head by head, but the student has "
+                f"{[s for s, _ in pairs]} heads and the mapped teacher layers "
+                f"{[t for _, t in pairs]}. Set intermediate.heads to 'mean' (average over heads) "
+                f"or 'regroup' with relation_heads (e.g. 4) to compare them."
+            )
+        if self.cfg.heads == "regroup":
+            r = self.cfg.relation_heads
+            widths = {
+                "student": hidden_width(student),
+                "teacher": hidden_width(self._teacher),
+            }
+            bad = [f"{k} width {w}" for k, w in widths.items() if w % r]
+            if bad:
+                raise RecipeError(
+                    f"relation_heads {r} must divide both attention widths ({', '.join(bad)})."
+                )
+
+    def describe(self) -> dict:
+        """What the report stores: the mapping in use, terms, head rule, projections."""
+        return {
+            "layer_mapping": {f"student_{s}": f"teacher_{t}" for s, t in self.mapping.items()},
+            "terms": {k: _dump(v) for k, v in self.cfg.terms.items()},
+            "heads": self.cfg.heads,
+            "relation_heads": self.cfg.relation_heads,
+            "projections": sorted(int(k) for k in self.projector.maps),
+        }
+
+    def teacher_internals(self, batch: dict) -> Recorder:
+        device = batch["input_ids"].device
+        if next(self._teacher.parameters()).device != device:
+            self._teacher.to(device)
+        with torch.no_grad(), self.teacher_recorder.record() as rec:
+            self.forward(self._teacher, batch)
+        return rec
+
+    def loss(self, batch: dict, progress: float) -> tuple[torch.Tensor, dict[str, float]]:
+        """Weighted layer-wise loss; the student's forward must have run under ``recording``."""
+        student = self.student_recorder
+        teacher = self.teacher_internals(batch)
+        mask = batch["attention_mask"].bool()
+        projected = self.projector(student.hidden)
+        total, logs = 0.0, {}
+        for name, term in self.terms.items():
+            weight = value_at(self.cfg.terms[name], progress)
+            logs[f"weight_{name}"] = weight
+            if weight == 0:
+                continue
+            if term.needs == "attention":
+                values = [term.fn(*self._scores(student, teacher, m), mask) for m in student.query]
+            else:
+                layers = [0] if term.needs == "embeddings" else [i for i in projected if i > 0]
+                values = [
+                    term.fn(projected[m], teacher.hidden[self.mapping[m]], mask) for m in layers
+                ]
+            value = torch.stack(values).mean()  # mean over layers: weights keep their meaning
+            logs[f"loss_{name}"] = value.detach().item()
+            total = total + weight * value
+        return total, logs
+
+    def _scores(self, student: Recorder, teacher: Recorder, m: int):
+        t = self.mapping[m]
+        q_s, k_s, q_t, k_t = student.query[m], student.key[m], teacher.query[t], teacher.key[t]
+        if self.cfg.heads == "regroup":
+            r = self.cfg.relation_heads
+            return attention_scores(q_s, k_s, r), attention_scores(q_t, k_t, r)
+        s = attention_scores(q_s, k_s, q_s.shape[-1] // self._head_size[0])
+        t_scores = attention_scores(q_t, k_t, q_t.shape[-1] // self._head_size[1])
+        if self.cfg.heads == "mean":
+            return s.mean(1, keepdim=True), t_scores.mean(1, keepdim=True)
+        return s, t_scores
+
+    def close(self) -> None:
+        self.student_recorder.remove()
+        self.teacher_recorder.remove()
+
+
+def _dump(v) -> object:
+    return v.model_dump() if hasattr(v, "model_dump") else v

@@ -1,0 +1,234 @@
+"""Layer-wise KD: loss terms by hand, layer mapping, projections, head rules, augmentation,
+and the two-stage / progressive recipes end to end on tiny models."""
+
+import math
+
+import pytest
+import torch
+
+from slimformer.errors import RecipeError
+from slimformer.methods.distill.layerwise.mapping import layer_mapping
+from slimformer.methods.distill.losses import LAYER_LOSSES
+
+
+def _term(name: str):
+    return LAYER_LOSSES.get(name).fn
+
+
+def test_hidden_and_embedding_mse_by_hand():
+    s = torch.tensor([[[1.0, 2.0], [3.0, 4.0], [9.0, 9.0]]])  # (1, 3, 2); third token is padding
+    t = torch.tensor([[[0.0, 2.0], [3.0, 2.0], [0.0, 0.0]]])
+    mask = torch.tensor([[1, 1, 0]])
+    # token 1: ((1)^2 + 0) / 2 = 0.5; token 2: (0 + 2^2) / 2 = 2; mean over real tokens 1.25
+    assert _term("hidden_mse")(s, t, mask).item() == pytest.approx(1.25)
+    assert _term("embedding_mse")(s, t, mask).item() == pytest.approx(1.25)
+    assert LAYER_LOSSES.get("embedding_mse").needs == "embeddings"
+
+
+def test_hidden_cosine_by_hand():
+    s = torch.tensor([[[1.0, 0.0], [1.0, 1.0]]])
+    t = torch.tensor([[[0.0, 1.0], [2.0, 2.0]]])
+    # orthogonal -> 1, parallel -> 0
+    assert _term("hidden_cosine")(s, t, torch.ones(1, 2)).item() == pytest.approx(0.5)
+
+
+def test_attention_mse_by_hand_excludes_padding_pairs():
+    s = torch.zeros(1, 1, 2, 2)
+    t = torch.tensor([[[[1.0, 100.0], [100.0, 100.0]]]])
+    # only the (0, 0) pair is real: (0 - 1)^2 = 1
+    assert _term("attention_mse")(s, t, torch.tensor([[1, 0]])).item() == pytest.approx(1.0)
+    assert _term("attention_mse")(s, t, torch.ones(1, 2)).item() == pytest.approx(
+        (1 + 3 * 100**2) / 4
+    )
+
+
+def test_attention_kl_by_hand():
+    s = torch.zeros(1, 1, 2, 2)  # uniform over the two keys
+    t = torch.tensor([[[[0.0, math.log(3.0)], [0.0, 0.0]]]])  # row 0: (1/4, 3/4); row 1 uniform
+    row0 = 0.25 * math.log(0.25 / 0.5) + 0.75 * math.log(0.75 / 0.5)
+    assert _term("attention_kl")(s, t, torch.ones(1, 2)).item() == pytest.approx(row0 / 2)
+    # a padded key is left out of both softmaxes: one key left -> identical distributions
+    assert _term("attention_kl")(s, t, torch.tensor([[1, 0]])).item() == pytest.approx(0.0)
+
+
+@pytest.mark.parametrize(
+    ("s", "t", "expected"),
+    [
+        (3, 6, {1: 2, 2: 4, 3: 6}),
+        (4, 12, {1: 3, 2: 6, 3: 9, 4: 12}),
+        (4, 6, {1: 2, 2: 3, 3: 5, 4: 6}),
+        (2, 2, {1: 1, 2: 2}),
+        (6, 3, {1: 1, 2: 1, 3: 2, 4: 2, 5: 3, 6: 3}),
+        (1, 6, {1: 6}),
+    ],
+)
+def test_uniform_mapping_defaults(s, t, expected):
+    assert layer_mapping(s, t, "uniform") == expected
+
+
+def test_last_and_explicit_mapping():
+    assert layer_mapping(3, 6, "last") == {1: 4, 2: 5, 3: 6}
+    assert layer_mapping(3, 6, [1, 3, 6]) == {1: 1, 2: 3, 3: 6}
+
+
+@pytest.mark.parametrize(
+    ("rule", "match"),
+    [([1, 2, 7], "out of range"), ([1, 2], "one teacher layer"), ([0, 1, 2], "out of range")],
+)
+def test_impossible_mapping_is_refused(rule, match):
+    with pytest.raises(RecipeError, match=match):
+        layer_mapping(3, 6, rule)
+    with pytest.raises(RecipeError, match="no deeper"):
+        layer_mapping(8, 6, "last")
+
+
+def _tiny(**kw):
+    from transformers import BertForSequenceClassification
+
+    from tests.conftest import tiny_config
+
+    torch.manual_seed(0)
+    return BertForSequenceClassification(tiny_config(**kw)).eval()
+
+
+def _batch(n: int = 3, length: int = 7) -> dict:
+    ids = torch.randint(1000, 2000, (n, length))
+    mask = torch.ones(n, length, dtype=torch.long)
+    mask[0, 4:] = 0
+    return {"input_ids": ids, "attention_mask": mask, "labels": torch.tensor([0, 1, 0])[:n]}
+
+
+def _distiller(student, teacher, **cfg):
+    from slimformer.methods.distill.layerwise.config import IntermediateConfig
+    from slimformer.methods.distill.layerwise.distiller import LayerwiseDistiller
+    from slimformer.tasks import get_task
+
+    task = get_task("sequence-classification")
+    return LayerwiseDistiller(IntermediateConfig(**cfg), student, lambda: teacher, task.forward)
+
+
+def test_projection_shapes_and_loss_backpropagates():
+    teacher = _tiny(hidden_size=48, num_attention_heads=4, num_hidden_layers=4)
+    student = _tiny(hidden_size=32, num_attention_heads=4, num_hidden_layers=2)
+    lw = _distiller(
+        student,
+        teacher,
+        terms={"embedding_mse": 1, "hidden_mse": 1, "attention_mse": 1, "attention_kl": 0.5},
+    )
+    assert lw.mapping == {0: 0, 1: 2, 2: 4}
+    assert sorted(lw.projector.maps) == ["0", "1", "2"]
+    assert lw.projector.maps["1"].weight.shape == (48, 32)  # student 32 -> teacher 48
+    student.train()
+    batch = _batch()
+    with lw.student_recorder.record():
+        student(**{k: v for k, v in batch.items() if k != "labels"})
+    loss, logs = lw.loss(batch, 0.0)
+    loss.backward()
+    assert {"loss_embedding_mse", "loss_hidden_mse", "loss_attention_mse"} <= set(logs)
+    assert lw.projector.maps["0"].weight.grad is not None
+    assert student.bert.encoder.layer[0].attention.self.query.weight.grad is not None
+    assert all(p.grad is None for p in teacher.parameters())
+    # the projections are not part of the student: nothing to drop when saving
+    assert not any("maps" in k for k in student.state_dict())
+
+
+def test_same_width_needs_no_projection():
+    teacher = _tiny(num_hidden_layers=4)
+    student = _tiny(num_hidden_layers=2)
+    lw = _distiller(student, teacher, terms={"hidden_mse": 1})
+    assert len(lw.projector.maps) == 0 and lw.describe()["projections"] == []
+
+
+def test_attention_terms_with_different_head_counts_need_a_rule():
+    teacher = _tiny(num_attention_heads=4)
+    student = _tiny(num_attention_heads=2, num_hidden_layers=2)
+    with pytest.raises(RecipeError, match="heads"):
+        _distiller(student, teacher, terms={"attention_mse": 1})
+    for rule in ({"heads": "mean"}, {"heads": "regroup", "relation_heads": 4}):
+        lw = _distiller(student, teacher, terms={"attention_kl": 1}, **rule)
+        batch = _batch()
+        with lw.student_recorder.record():
+            student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        assert torch.isfinite(lw.loss(batch, 0.5)[0])
+    with pytest.raises(RecipeError, match="must divide"):
+        _distiller(student, teacher, terms={"attention_kl": 1}, heads="regroup", relation_heads=5)
+
+
+def test_identical_models_have_zero_layerwise_loss():
+    teacher = _tiny(num_hidden_layers=2)
+    student = _tiny(num_hidden_layers=2)  # same seed, same weights
+    lw = _distiller(
+        student,
+        teacher,
+        terms={"embedding_mse": 1, "hidden_mse": 1, "hidden_cosine": 1, "attention_mse": 1},
+        mapping=[1, 2],
+    )
+    batch = _batch()
+    with lw.student_recorder.record():
+        student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    assert lw.loss(batch, 0.0)[0].item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_weight_schedules_apply_by_progress():
+    teacher = _tiny(num_hidden_layers=2)
+    student = _tiny(num_hidden_layers=2)
+    sched = {"schedule": "linear", "start": 1.0, "end": 0.0}
+    lw = _distiller(student, teacher, terms={"hidden_mse": sched})
+    batch = _batch()
+    with lw.student_recorder.record():
+        student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    assert lw.loss(batch, 0.25)[1]["weight_hidden_mse"] == pytest.approx(0.75)
+
+
+def test_two_stage_and_progressive_recipe_end_to_end(tiny_teacher, sst2_slice, tmp_path, cache_dir):
+    """General distillation on plain text (a narrower random student, intermediate terms only),
+    then a head-only stage, then task distillation on augmented data with T decaying 5 -> 1."""
+    from transformers import AutoModelForSequenceClassification
+
+    from slimformer.api import run
+    from tests.conftest import sst2_recipe
+
+    tree = sst2_recipe(tiny_teacher, sst2_slice)
+    general = {
+        "rows": "unlabeled",
+        "prediction_weight": 0.0,
+        "intermediate": {
+            "terms": {"embedding_mse": 1, "hidden_mse": 1, "attention_kl": 1},
+            "heads": "regroup",
+            "relation_heads": 2,
+        },
+        "epochs": 1,
+        "batch_size": 16,
+        "learning_rate": 1e-3,
+    }
+    head = {"freeze_encoder": True, "epochs": 1, "batch_size": 16, "learning_rate": 1e-3}
+    task = {
+        "epochs": 1,
+        "batch_size": 16,
+        "learning_rate": 1e-3,
+        "temperature": {"schedule": "linear", "start": 5, "end": 1},
+        "prediction_weight": {"schedule": "linear", "start": 0.3, "end": 1.0},
+        "intermediate": {
+            "terms": {"hidden_mse": {"schedule": "linear", "start": 1, "end": 0}},
+            "mapping": "last",
+        },
+        "augment": {"copies": 2, "replace": 0.4, "mask": 0.1, "ngram": 0.2, "max_examples": 32},
+    }
+    tree["student"] = {"layers": 2, "hidden_size": 16, "num_heads": 2, "intermediate_size": 32}
+    tree["data"] |= {"max_train_examples": 64, "unlabeled": {"source": "train-rest"}}
+    tree["stages"] = [{"distill": general}, {"distill": head}, {"distill": task}]
+    report = run(tree, tmp_path / "tb", cache_dir=str(cache_dir))
+    g, h, t = (s for s in report["stages"])
+    assert g["rows"] == "unlabeled" and g["steps"] == 12  # 192 unlabeled rows / 16
+    assert g["intermediate"]["layer_mapping"] == {
+        "student_0": "teacher_0",
+        "student_1": "teacher_2",
+        "student_2": "teacher_4",
+    }
+    assert g["intermediate"]["projections"] == [0, 1, 2]  # width 16 -> 32
+    assert g["teacher_forward_examples"] == 0  # prediction weight 0: no logits needed
+    assert h["encoder_frozen"] is True
+    assert t["augment"]["augmented_examples"] == 64 and t["augment"]["augmented_from"] == 32
+    assert t["intermediate"]["layer_mapping"]["student_1"] == "teacher_3"
+    model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "tb" / "model")
+    assert model.config.hidden_size == 16  # the projections were not saved with the student
