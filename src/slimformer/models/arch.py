@@ -26,6 +26,7 @@ class ArchSpec:
     key: str | None = "attention.self.key"
 
 
+_DECODER = dict(embeddings="embed_tokens", query=None, key=None)  # rotary: scores need more
 ARCHS: dict[str, ArchSpec] = {
     "bert": ArchSpec("encoder.layer", "num_hidden_layers"),
     "roberta": ArchSpec("encoder.layer", "num_hidden_layers"),
@@ -41,15 +42,9 @@ ARCHS: dict[str, ArchSpec] = {
         query="attention.q_lin",
         key="attention.k_lin",
     ),
-    "llama": ArchSpec(
-        "layers", "num_hidden_layers", embeddings="embed_tokens", query=None, key=None
-    ),
-    "mistral": ArchSpec(
-        "layers", "num_hidden_layers", embeddings="embed_tokens", query=None, key=None
-    ),
-    "qwen2": ArchSpec(
-        "layers", "num_hidden_layers", embeddings="embed_tokens", query=None, key=None
-    ),
+    "llama": ArchSpec("layers", "num_hidden_layers", **_DECODER),
+    "mistral": ArchSpec("layers", "num_hidden_layers", **_DECODER),
+    "qwen2": ArchSpec("layers", "num_hidden_layers", **_DECODER),
 }
 
 

@@ -55,7 +55,7 @@ class LayerwiseDistiller:
         teacher: Callable[[], PreTrainedModel],
         forward: Callable[[PreTrainedModel, dict], object],
     ) -> None:
-        """``teacher`` loads (once) the teacher; ``forward`` runs a model on a batch (the task's)."""
+        """``teacher`` loads the teacher (once); ``forward`` is the task's model call."""
         self.cfg = cfg
         self.forward = forward
         self._teacher = teacher()
