@@ -232,3 +232,50 @@ def test_two_stage_and_progressive_recipe_end_to_end(tiny_teacher, sst2_slice, t
     assert t["intermediate"]["layer_mapping"]["student_1"] == "teacher_3"
     model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "tb" / "model")
     assert model.config.hidden_size == 16  # the projections were not saved with the student
+
+
+def test_layerwise_resume_restores_projections(
+    tiny_teacher, sst2_slice, tmp_path, cache_dir, monkeypatch
+):
+    """The projections train with the student and are checkpointed with it: a resumed run
+    ends with the same student as an uninterrupted one."""
+    from transformers import AutoModelForSequenceClassification
+
+    import slimformer.pipeline.stages as stages
+    import slimformer.train.loop as loop
+    from slimformer.api import run
+    from tests.conftest import sst2_recipe
+
+    tree = sst2_recipe(
+        tiny_teacher,
+        sst2_slice,
+        epochs=1,
+        save_every=5,
+        intermediate={"terms": {"hidden_mse": 1.0, "embedding_mse": 0.5}},
+    )
+    tree["student"] = {"layers": 2, "hidden_size": 16, "num_heads": 2, "intermediate_size": 32}
+    straight = run(tree, tmp_path / "straight", cache_dir=str(cache_dir))
+
+    real_train = loop.train
+    calls = {"n": 0}
+
+    def crash_after_7_steps(*args, **kwargs):
+        def on_step():
+            calls["n"] += 1
+            if calls["n"] == 7:
+                raise KeyboardInterrupt
+
+        return real_train(*args, **{**kwargs, "on_step": on_step})
+
+    monkeypatch.setattr(stages, "train", crash_after_7_steps)
+    out = tmp_path / "resumed"
+    with pytest.raises(KeyboardInterrupt):
+        run(tree, out, cache_dir=str(cache_dir))
+    monkeypatch.setattr(stages, "train", real_train)
+    resumed = run(tree, out, cache_dir=str(cache_dir), resume=True)
+    assert resumed["stages"][0]["resumed_from_step"] == 5
+    a = AutoModelForSequenceClassification.from_pretrained(tmp_path / "straight" / "model")
+    b = AutoModelForSequenceClassification.from_pretrained(out / "model")
+    for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert torch.allclose(pa, pb, atol=1e-5), (name, (pa - pb).abs().max())
+    assert straight["stages"][0]["intermediate"]["projections"] == [0, 1, 2]

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import datasets
 import numpy as np
+import torch
 from transformers import DataCollatorWithPadding, PreTrainedModel, PreTrainedTokenizerBase
 
 from slimformer.errors import ModelError, RecipeError
@@ -107,7 +108,9 @@ class RunContext:
         cfg = self.recipe.student
         if cfg.model is not None:
             return self.task.load_model(check_model_ref(cfg.model), **self._label_kwargs())
-        student, self.student_info = derive_student(self.load_teacher(), cfg)
+        with torch.random.fork_rng():  # a random-init student depends on the recipe seed only
+            torch.manual_seed(self.recipe.seed)
+            student, self.student_info = derive_student(self.load_teacher(), cfg)
         return student
 
     def _label_kwargs(self) -> dict:

@@ -113,7 +113,7 @@ def kd_loss(ctx: RunContext, cfg, model: PreTrainedModel, targets) -> tuple[KDLo
     layerwise, info = None, {}
     if loss_cfg.intermediate is not None:
         layerwise = LayerwiseDistiller(
-            loss_cfg.intermediate, model, ctx.load_teacher, ctx.task.forward
+            loss_cfg.intermediate, model, ctx.load_teacher, ctx.task.forward, ctx.recipe.seed
         )
         info = layerwise.describe()
         log.info(
@@ -156,6 +156,8 @@ def distill_stage(
         sampler,
     )
     targets.cache.flush()
+    if loss_fn.layerwise is not None:
+        loss_fn.layerwise.close()  # the hooks on the (shared) teacher go with the stage
     log.info(
         "teacher forward passes during training: %d examples (%d served from cache)",
         targets.teacher_examples,

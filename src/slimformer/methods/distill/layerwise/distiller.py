@@ -54,6 +54,7 @@ class LayerwiseDistiller:
         student: PreTrainedModel,
         teacher: Callable[[], PreTrainedModel],
         forward: Callable[[PreTrainedModel, dict], object],
+        seed: int = 0,
     ) -> None:
         """``teacher`` loads the teacher (once); ``forward`` is the task's model call."""
         self.cfg = cfg
@@ -72,7 +73,9 @@ class LayerwiseDistiller:
         self.teacher_recorder = Recorder(
             self._teacher, [self.mapping[i] for i in hidden], [self.mapping[i] for i in attention]
         )
-        self.projector = Projector(hidden, hidden_width(student), hidden_width(self._teacher))
+        with torch.random.fork_rng():  # the projections' init depends on the seed only
+            torch.manual_seed(seed)
+            self.projector = Projector(hidden, hidden_width(student), hidden_width(self._teacher))
         self._head_size = (head_size(student.config), head_size(self._teacher.config))
 
     def _check_heads(self, student: PreTrainedModel, layers: list[int]) -> None:
