@@ -130,12 +130,15 @@ def require_columns(ds: datasets.Dataset, columns: list[str], source: str) -> No
         )
 
 
+PLAIN_TEXT_SUFFIXES = (".txt", ".raw", ".tokens")
+
+
 def read_unlabeled(source: str, text_column: str = "text") -> datasets.Dataset:
-    """Unlabeled text: a plain ``.txt`` file is one example a line (blank lines skipped, read
-    lazily by ``datasets``, so a corpus larger than RAM works); anything else is a table or a hub
-    dataset read like training data."""
+    """Unlabeled text: a plain-text file (``.txt``, ``.raw``, ``.tokens``) is one example a line
+    (blank lines skipped, read lazily by ``datasets``, so a corpus larger than RAM works);
+    anything else is a table or a hub dataset read like training data."""
     path = Path(source)
-    if path.suffix.lower() == ".txt" and path.is_file():
+    if path.suffix.lower() in PLAIN_TEXT_SUFFIXES and path.is_file():
         check_utf8(path)
         ds = datasets.load_dataset("text", data_files=str(path), split="train")
         ds = ds.filter(lambda row: bool(row["text"].strip()), desc="skip blank lines")
