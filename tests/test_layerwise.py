@@ -279,3 +279,51 @@ def test_layerwise_resume_restores_projections(
     for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
         assert torch.allclose(pa, pb, atol=1e-5), (name, (pa - pb).abs().max())
     assert straight["stages"][0]["intermediate"]["projections"] == [0, 1, 2]
+
+
+def test_teacher_state_cache_matches_online_and_skips_the_teacher(tmp_path):
+    import numpy as np
+
+    from slimformer.methods.distill.layerwise.config import IntermediateConfig
+    from slimformer.methods.distill.layerwise.distiller import LayerwiseDistiller
+    from slimformer.methods.distill.layerwise.state_cache import TeacherStateCache
+    from slimformer.tasks import get_task
+
+    teacher = _tiny(hidden_size=48, num_hidden_layers=4)
+    student = _tiny(num_hidden_layers=2)
+    batch = _batch()
+    batch["idx"] = torch.tensor([2, 0, 1])
+    lengths = np.array([7, 7, 4])  # rows 0, 1 full; row 2 (batch row 0) has 4 tokens
+    calls = {"n": 0}
+    forward = get_task("sequence-classification").forward
+
+    def counting_forward(model, b):
+        calls["n"] += model is teacher
+        return forward(model, b)
+
+    def opener(layout):
+        return TeacherStateCache(tmp_path, "t", "d", lengths, layout)
+
+    cfg = IntermediateConfig(
+        terms={"hidden_mse": 1, "attention_mse": 1, "embedding_mse": 1}, teacher_states="cache"
+    )
+    lw = LayerwiseDistiller(cfg, student, lambda: teacher, counting_forward, 0, opener)
+    online = LayerwiseDistiller(
+        cfg.model_copy(update={"teacher_states": "online"}),
+        student,
+        lambda: teacher,
+        counting_forward,
+        0,
+        None,
+    )
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    values = []
+    for _ in range(2):
+        with lw.student_recorder.record(), online.student_recorder.record():
+            student(**inputs)
+        values.append(lw.loss(batch, 0.0)[0].item())
+    assert calls["n"] == 1  # the second pass read the cache
+    expected = online.loss(batch, 0.0)[0].item()
+    assert values[0] == pytest.approx(expected, rel=1e-6)
+    assert values[1] == pytest.approx(expected, rel=1e-2)  # fp16 on disk
+    assert lw.state_cache.states.shape == (18, 48 * 3 + 2 * 2 * 48)  # 7+7+4 tokens, no padding

@@ -13,6 +13,7 @@ from transformers import DataCollatorWithPadding, PreTrainedModel, PreTrainedTok
 
 from slimformer.errors import ModelError, RecipeError
 from slimformer.methods.data_distill.multi_teacher import MultiTeacherTargets, check_label_sets
+from slimformer.methods.distill.layerwise.state_cache import TeacherStateCache
 from slimformer.methods.distill.teacher_cache import TeacherCache, dataset_fingerprint
 from slimformer.methods.distill.teacher_targets import TeacherTargets
 from slimformer.models.arch import num_layers
@@ -103,6 +104,17 @@ class RunContext:
             targets.append(TeacherTargets(self.task, cache, loader))
         weights = [self.recipe.teacher.weight] + [e.weight for e in extras]
         return MultiTeacherTargets(targets, weights, self.recipe.teacher.mix)
+
+    def teacher_state_cache_opener(self, ds: datasets.Dataset):
+        """``layout -> TeacherStateCache`` for the teacher's internal states on ``ds``."""
+        data_fp = dataset_fingerprint(ds, MODEL_INPUTS)
+        lengths = np.array([len(x) for x in ds["input_ids"]], dtype=np.int64)
+        root = self.cache_root / "teacher_states"
+
+        def open_cache(layout):
+            return TeacherStateCache(root, self.teacher_fingerprint(), data_fp, lengths, layout)
+
+        return open_cache
 
     def initial_student(self) -> PreTrainedModel:
         cfg = self.recipe.student

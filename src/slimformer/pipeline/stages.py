@@ -106,16 +106,27 @@ def _eval_fn(ctx: RunContext, reference):
     return lambda model: evaluate(model, ctx.task, ctx.eval_ds, ctx.collate, reference)
 
 
-def kd_loss(ctx: RunContext, cfg, model: PreTrainedModel, targets) -> tuple[KDLoss, dict]:
+def kd_loss(
+    ctx: RunContext, cfg, model: PreTrainedModel, targets, rows=None
+) -> tuple[KDLoss, dict]:
     """The stage's KD loss; with ``intermediate``, the layer-wise terms too (mapping checked
-    and logged here, before training starts)."""
+    and logged here, before training starts). ``rows``: the training rows (state cache key)."""
     loss_cfg = DistillLossConfig(**{k: getattr(cfg, k) for k in DistillLossConfig.model_fields})
     layerwise, info = None, {}
     if loss_cfg.intermediate is not None:
+        inter = loss_cfg.intermediate
+        state_cache = None
+        if inter.teacher_states == "cache":
+            state_cache = ctx.teacher_state_cache_opener(ctx.train_ds if rows is None else rows)
         layerwise = LayerwiseDistiller(
-            loss_cfg.intermediate, model, ctx.load_teacher, ctx.task.forward, ctx.recipe.seed
+            inter, model, ctx.load_teacher, ctx.task.forward, ctx.recipe.seed, state_cache
         )
         info = layerwise.describe()
+        if layerwise.state_cache is not None:
+            info["teacher_state_cache"] = {
+                "dir": str(layerwise.state_cache.dir),
+                "size_gb": round(layerwise.state_cache.size_gb, 3),
+            }
         log.info(
             "layer-wise KD, student -> teacher layers: %s; terms %s",
             ", ".join(f"{s}->{t}" for s, t in layerwise.mapping.items()),
@@ -137,7 +148,7 @@ def distill_stage(
         targets.cache.filled_count,
         len(rows),
     )
-    loss_fn, layerwise_info = kd_loss(ctx, cfg, model, targets)
+    loss_fn, layerwise_info = kd_loss(ctx, cfg, model, targets, rows)
     reference = teacher_eval_values(ctx)
     train_ds, sampler, data_info = choose_training_data(
         ctx, cfg, targets, stage_dir, rows, n_unlabeled

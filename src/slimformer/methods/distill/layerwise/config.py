@@ -27,6 +27,11 @@ class IntermediateConfig(StrictConfig):
         "regroup both into relation_heads (MiniLMv2)",
     )
     relation_heads: int | None = Field(None, gt=0, description="head count for heads: regroup")
+    teacher_states: Literal["online", "cache"] = Field(
+        "online",
+        description="teacher hidden states/attention: recomputed every batch (online) or "
+        "written once to disk in fp16 and read back in later epochs and runs (cache)",
+    )
 
     @field_validator("terms")
     @classmethod

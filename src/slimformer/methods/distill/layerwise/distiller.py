@@ -13,6 +13,7 @@ from slimformer.errors import RecipeError
 from slimformer.methods.distill.layerwise.config import IntermediateConfig
 from slimformer.methods.distill.layerwise.mapping import layer_mapping
 from slimformer.methods.distill.layerwise.recorder import Recorder, attention_scores
+from slimformer.methods.distill.layerwise.state_cache import Internals, TeacherStateCache
 from slimformer.methods.distill.losses import LAYER_LOSSES
 from slimformer.methods.distill.schedules import value_at
 from slimformer.models.arch import arch_of, num_layers
@@ -55,8 +56,10 @@ class LayerwiseDistiller:
         teacher: Callable[[], PreTrainedModel],
         forward: Callable[[PreTrainedModel, dict], object],
         seed: int = 0,
+        state_cache: Callable[[list[tuple[str, int, int]]], TeacherStateCache] | None = None,
     ) -> None:
-        """``teacher`` loads the teacher (once); ``forward`` is the task's model call."""
+        """``teacher`` loads the teacher (once); ``forward`` is the task's model call;
+        ``state_cache`` opens the on-disk cache of teacher states for a layout (None: online)."""
         self.cfg = cfg
         self.forward = forward
         self._teacher = teacher()
@@ -77,6 +80,18 @@ class LayerwiseDistiller:
             torch.manual_seed(seed)
             self.projector = Projector(hidden, hidden_width(student), hidden_width(self._teacher))
         self._head_size = (head_size(student.config), head_size(self._teacher.config))
+        self.state_cache = state_cache(self._layout(hidden, attention)) if state_cache else None
+
+    def _layout(self, hidden: list[int], attention: list[int]) -> list[tuple[str, int, int]]:
+        """The teacher parts the losses read, with their widths (cache columns)."""
+        width = hidden_width(self._teacher)
+        query = arch_of(self._teacher.config).query
+        layout = [("hidden", self.mapping[i], width) for i in hidden]
+        for i in attention:
+            t = self.mapping[i]
+            q_width = blocks(self._teacher)[t - 1].get_submodule(query).out_features
+            layout += [("query", t, q_width), ("key", t, q_width)]
+        return layout
 
     def _check_heads(self, student: PreTrainedModel, layers: list[int]) -> None:
         s_heads, t_heads = heads_per_layer(student), heads_per_layer(self._teacher)
@@ -110,12 +125,26 @@ class LayerwiseDistiller:
             "projections": sorted(int(k) for k in self.projector.maps),
         }
 
-    def teacher_internals(self, batch: dict) -> Recorder:
+    def teacher_internals(self, batch: dict) -> Recorder | Internals:
+        """From the state cache when it has the batch, else from a teacher forward (which
+        fills the cache)."""
+        cache = self.state_cache
+        if cache is not None:
+            idx = batch["idx"].cpu().numpy()
+            if not cache.missing(idx).any():
+                internals = cache.read(idx, batch["attention_mask"])
+                device = batch["input_ids"].device
+                for part in (internals.hidden, internals.query, internals.key):
+                    for k in part:
+                        part[k] = part[k].to(device)
+                return internals
         device = batch["input_ids"].device
         if next(self._teacher.parameters()).device != device:
             self._teacher.to(device)
         with torch.no_grad(), self.teacher_recorder.record() as rec:
             self.forward(self._teacher, batch)
+        if cache is not None:
+            cache.write(batch["idx"].cpu().numpy(), rec, batch["attention_mask"])
         return rec
 
     def loss(self, batch: dict, progress: float) -> tuple[torch.Tensor, dict[str, float]]:
@@ -155,6 +184,8 @@ class LayerwiseDistiller:
         return s, t_scores
 
     def close(self) -> None:
+        if self.state_cache is not None:
+            self.state_cache.flush()
         self.student_recorder.remove()
         self.teacher_recorder.remove()
 
