@@ -1,0 +1,225 @@
+"""Layer-wise KD side by side with TextBrewer (issue 3): same teacher, student, data, batch size,
+epochs and the same batches, in the same process one after the other.
+
+Teacher ../shared/models/minilm-l6-sst2; student = its layers 0, 3, 5 (copied); SST-2 training
+rows (a seeded sample of --train-examples); TinyBERT-style objective in both: hidden-state MSE at
+layers 0/1/2/3 <- 0/1/4/6, attention distributions (KL / cross-entropy) at 1/2/3 <- 1/4/6,
+soft-target KD at T=2 (weight 0.7) and hard-label CE (0.3). Both see the batches of slimformer's
+length-grouped sampler (seed 0, reshuffled each epoch). Throughput = training samples / training
+seconds (evaluation excluded); accuracy on the full dev set (872) after the last epoch.
+
+TextBrewer runs the teacher every batch with eager attention (it needs the attention
+probabilities); slimformer reads q/k through hooks (SDPA kernels), caches the teacher's logits,
+and with ``teacher_states: cache`` its hidden states too.
+
+    .venv/bin/pip install textbrewer==0.2.1.post1 --no-deps   # once; pure Python
+    .venv/bin/python benchmarks/textbrewer_compare.py --train-examples 8000 --epochs 2
+"""
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+ROOT = Path(__file__).resolve().parents[1]
+TEACHER = ROOT.parent / "shared" / "models" / "minilm-l6-sst2"
+SST2 = ROOT.parent / "shared" / "data" / "sst2"
+HIDDEN_MAP = [(0, 0), (1, 1), (2, 4), (3, 6)]  # (student, teacher) hidden-state indices
+ATTENTION_MAP = [(1, 1), (2, 4), (3, 6)]  # (student, teacher) layer numbers, 1-based
+
+
+def recipe(train_examples: int, epochs: int, states: str) -> dict:
+    return {
+        "task": "sequence-classification",
+        "seed": 0,
+        "teacher": {"model": str(TEACHER)},
+        "student": {"layers": [0, 3, 5]},
+        "data": {
+            "train": str(SST2 / "train.tsv"),
+            "eval": str(SST2 / "dev.tsv"),
+            "text_column": "sentence",
+            "max_length": 128,
+            "max_train_examples": train_examples,
+        },
+        "stages": [
+            {
+                "distill": {
+                    "alpha": 0.7,
+                    "temperature": 2.0,
+                    "intermediate": {
+                        "terms": {"embedding_mse": 1.0, "hidden_mse": 1.0, "attention_kl": 1.0},
+                        "mapping": [t for _, t in ATTENTION_MAP],
+                        "teacher_states": states,
+                    },
+                    "epochs": epochs,
+                    "batch_size": 32,
+                    "learning_rate": 1e-4,
+                    "warmup_ratio": 0.06,
+                    "save_every": 100000,
+                }
+            }
+        ],
+        "report": {"repeats": 1, "batch_sizes": [32]},
+    }
+
+
+def run_slimformer(train_examples: int, epochs: int, states: str, work: Path) -> dict:
+    from slimformer.api import run
+
+    cache = work / f"cache-{states}"
+    report = run(
+        recipe(train_examples, epochs, states), work / f"slimformer-{states}", cache_dir=str(cache)
+    )
+    stage = report["stages"][0]
+    seconds = sum(stage["epoch_seconds"])
+    return {
+        "library": f"slimformer (teacher_states: {states})",
+        "accuracy": report["student"]["metrics"]["accuracy"],
+        "train_seconds": round(seconds, 1),
+        "epoch_seconds": stage["epoch_seconds"],
+        "samples_per_s": round(train_examples * epochs / seconds, 1),
+    }
+
+
+class EpochSampler:
+    """slimformer's batch sampler, advancing its epoch at every pass (TextBrewer never calls
+    set_epoch), so both libraries see the same batches in every epoch."""
+
+    def __init__(self, inner) -> None:
+        self.inner, self.epoch = inner, 0
+
+    def __iter__(self):
+        self.inner.set_epoch(self.epoch)
+        self.epoch += 1
+        return iter(self.inner)
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+
+def run_textbrewer(train_examples: int, epochs: int, work: Path) -> dict:
+    import textbrewer
+    from textbrewer import DistillationConfig, GeneralDistiller, TrainingConfig
+    from transformers import AutoModelForSequenceClassification, get_linear_schedule_with_warmup
+
+    from slimformer.data.batching import LengthGroupedBatchSampler
+    from slimformer.eval.predict import evaluate
+    from slimformer.models.student import copy_layers
+    from slimformer.pipeline.context import build_context
+    from slimformer.pipeline.recipe import parse_recipe
+
+    ctx = build_context(
+        parse_recipe(recipe(train_examples, epochs, "online")), str(work / "tb-cache")
+    )
+    kw = {"attn_implementation": "eager", "output_hidden_states": True, "output_attentions": True}
+    teacher = AutoModelForSequenceClassification.from_pretrained(TEACHER, **kw).eval()
+    torch.manual_seed(0)
+    student = copy_layers(teacher, [0, 3, 5])
+    columns = ["input_ids", "attention_mask", "token_type_ids", "labels"]
+    ds = ctx.train_ds.remove_columns([c for c in ctx.train_ds.column_names if c not in columns])
+    sampler = LengthGroupedBatchSampler([len(x) for x in ds["input_ids"]], 32, seed=0)
+    # TextBrewer calls model(**batch) only for a plain dict (BatchEncoding is not one)
+    loader = DataLoader(
+        ds, batch_sampler=EpochSampler(sampler), collate_fn=lambda rows: dict(ctx.collate(rows))
+    )
+
+    def adaptor(batch, outputs):
+        # attention probabilities as logits (log p): softmax(log p) = p, so attention_ce is the
+        # cross-entropy between the two distributions (KL up to the teacher's entropy)
+        return {
+            "logits": outputs.logits,
+            "hidden": outputs.hidden_states,
+            "attention": [a.clamp_min(1e-12).log() for a in outputs.attentions],
+            "inputs_mask": batch["attention_mask"],
+            "losses": outputs.loss,
+        }
+
+    matches = [
+        {"layer_T": t, "layer_S": s, "feature": "hidden", "loss": "hidden_mse", "weight": 1}
+        for s, t in HIDDEN_MAP
+    ] + [
+        {
+            "layer_T": t - 1,
+            "layer_S": s - 1,
+            "feature": "attention",
+            "loss": "attention_ce",
+            "weight": 1,
+        }
+        for s, t in ATTENTION_MAP
+    ]
+    d_config = DistillationConfig(
+        temperature=2.0,
+        kd_loss_type="ce",
+        kd_loss_weight=0.7,
+        hard_label_weight=0.3,
+        intermediate_matches=matches,
+    )
+    t_config = TrainingConfig(
+        device="cpu", output_dir=str(work / "tb-out"), log_dir=str(work / "tb-log")
+    )
+    steps = len(loader) * epochs
+    optimizer = torch.optim.AdamW(student.parameters(), lr=1e-4)
+    distiller = GeneralDistiller(t_config, d_config, teacher, student, adaptor, adaptor)
+    started = time.perf_counter()
+    with distiller:
+        distiller.train(
+            optimizer,
+            loader,
+            num_epochs=epochs,
+            scheduler_class=get_linear_schedule_with_warmup,
+            scheduler_args={"num_warmup_steps": int(0.06 * steps), "num_training_steps": steps},
+            max_grad_norm=1.0,
+        )
+    seconds = time.perf_counter() - started
+    student.config.output_hidden_states = student.config.output_attentions = False
+    metrics = evaluate(student.eval(), ctx.task, ctx.eval_ds, ctx.collate, None)
+    return {
+        "library": f"textbrewer {textbrewer.__version__}",
+        "accuracy": metrics["accuracy"],
+        "train_seconds": round(seconds, 1),
+        "samples_per_s": round(train_examples * epochs / seconds, 1),
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--train-examples", type=int, default=8000)
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--out", default="runs/textbrewer-compare.json")
+    args = p.parse_args()
+    torch.set_num_threads(2)
+    from slimformer.hardware.cpu_features import cpu_name
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        rows.append(run_textbrewer(args.train_examples, args.epochs, work))
+        for states in ("online", "cache"):
+            rows.append(run_slimformer(args.train_examples, args.epochs, states, work))
+    base = rows[0]["samples_per_s"]
+    for r in rows:
+        r["throughput_vs_textbrewer"] = round(r["samples_per_s"] / base, 2)
+    result = {"cpu": cpu_name(), "torch": torch.__version__, "args": vars(args), "rows": rows}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2))
+    print(
+        "\n| library | dev accuracy | train s | samples/s | vs TextBrewer |\n|---|---|---|---|---|"
+    )
+    for r in rows:
+        print(
+            f"| {r['library']} | {r['accuracy']:.4f} | {r['train_seconds']} | "
+            f"{r['samples_per_s']} | {r['throughput_vs_textbrewer']}x |"
+        )
+
+
+if __name__ == "__main__":
+    np.set_printoptions(precision=4)
+    main()
