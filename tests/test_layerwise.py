@@ -327,3 +327,42 @@ def test_teacher_state_cache_matches_online_and_skips_the_teacher(tmp_path):
     assert values[0] == pytest.approx(expected, rel=1e-6)
     assert values[1] == pytest.approx(expected, rel=1e-2)  # fp16 on disk
     assert lw.state_cache.states.shape == (18, 48 * 3 + 2 * 2 * 48)  # 7+7+4 tokens, no padding
+
+
+@pytest.mark.parametrize(
+    ("stage", "match"),
+    [
+        ({"intermediate": {"terms": {"hidden_mze": 1}}}, "unknown layer-wise term"),
+        ({"intermediate": {"terms": {"hidden_mse": -1}}}, "must be >= 0"),
+        ({"intermediate": {"terms": {"attention_kl": 1}, "heads": "regroup"}}, "relation_heads"),
+        ({"intermediate": {"terms": {"hidden_mse": 1}, "mapping": "every"}}, "mapping"),
+        ({"prediction_weight": -0.5}, "prediction_weight"),
+        ({"rows": "some"}, "rows"),
+        ({"augment": {"replace": 0}}, "at least one"),
+        ({"augment": {"copies": 0}}, "copies"),
+    ],
+)
+def test_bad_layerwise_recipe_keys(tiny_teacher, sst2_slice, stage, match):
+    from slimformer.pipeline.recipe import parse_recipe
+    from tests.conftest import sst2_recipe
+
+    with pytest.raises(RecipeError, match=match):
+        parse_recipe(sst2_recipe(tiny_teacher, sst2_slice, **stage))
+
+
+def test_layerwise_errors_before_training(tiny_teacher, sst2_slice, tmp_path, cache_dir):
+    from slimformer.api import run
+    from tests.conftest import sst2_recipe
+
+    tree = sst2_recipe(tiny_teacher, sst2_slice, rows="unlabeled")
+    with pytest.raises(RecipeError, match="needs data.unlabeled"):
+        run(tree, tmp_path / "a", cache_dir=str(cache_dir))
+    tree = sst2_recipe(tiny_teacher, sst2_slice, intermediate={"terms": {"hidden_mse": 1}})
+    tree["stages"] = [{"prune": {**tree["stages"][0]["distill"], "heads": 0.5}}]
+    with pytest.raises(RecipeError, match="distill stages only"):
+        run(tree, tmp_path / "b", cache_dir=str(cache_dir))
+    tree = sst2_recipe(
+        tiny_teacher, sst2_slice, intermediate={"terms": {"attention_mse": 1}, "mapping": [1, 9]}
+    )
+    with pytest.raises(RecipeError, match="out of range"):
+        run(tree, tmp_path / "c", cache_dir=str(cache_dir))
