@@ -1,5 +1,7 @@
 """The recipe's ``data:`` section."""
 
+from typing import Literal
+
 from pydantic import Field
 
 from slimformer.config import StrictConfig
@@ -30,6 +32,14 @@ class DataConfig(StrictConfig):
     text_column: str = "text"
     text_pair_column: str | None = None
     label_column: str = "label"
+    tag_column: int = Field(
+        -1, description="token classification, CoNLL files: the column holding the tags"
+    )
+    subtokens: Literal["first", "all"] = Field(
+        "first",
+        description="token classification: the word's label (and the KD loss) on its first "
+        "sub-token only, or on all of them (the metric always reads the first)",
+    )
     max_length: int = Field(128, gt=0, le=8192)
     max_train_examples: int | None = Field(None, gt=0)
     max_eval_examples: int | None = Field(None, gt=0)

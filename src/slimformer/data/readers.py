@@ -12,7 +12,7 @@ import datasets
 
 from slimformer.errors import DataError
 
-Format = Literal["auto", "csv", "tsv", "json", "jsonl", "parquet", "hub"]
+Format = Literal["auto", "csv", "tsv", "json", "jsonl", "parquet", "hub", "conll"]
 _SUFFIX_FORMATS = {
     ".csv": "csv",
     ".tsv": "tsv",

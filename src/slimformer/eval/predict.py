@@ -22,7 +22,8 @@ def predict(
     batch_size: int = 128,
     desc: str = "predict",
 ) -> np.ndarray:
-    """Aligned outputs (N, D) in dataset order; batches sorted by length to avoid padding."""
+    """Outputs (N, W) in dataset order, one packed row per example (``Task.pack``); batches
+    sorted by length to avoid padding."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -37,7 +38,7 @@ def predict(
         unit="batch",
     ):
         batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
-        values = task.forward(model, batch).values.float().cpu().numpy()
+        values = task.pack(task.forward(model, batch).values, batch).float().cpu().numpy()
         if out is None:
             out = np.zeros((len(ds), values.shape[-1]), dtype=np.float32)
         out[batch["idx"].cpu().numpy()] = values
@@ -46,7 +47,17 @@ def predict(
 
 
 def labels_of(ds: datasets.Dataset) -> np.ndarray | None:
-    return np.asarray(ds["labels"]) if "labels" in ds.column_names else None
+    """Gold labels in the layout task metrics read (per-token rows padded with -100)."""
+    if "labels" not in ds.column_names:
+        return None
+    if "word_start" in ds.column_names:  # token classification: first sub-tokens only
+        width = max(len(x) for x in ds["labels"])
+        out = np.full((len(ds), width), -100, dtype=np.int64)
+        for i, (labels, starts) in enumerate(zip(ds["labels"], ds["word_start"], strict=True)):
+            row = np.asarray(labels)
+            out[i, : len(row)] = np.where(np.asarray(starts) == 1, row, -100)
+        return out
+    return np.asarray(ds["labels"])
 
 
 def evaluate(

@@ -3,13 +3,14 @@ task, tokenizers, teacher config, tokenized data, the initial student."""
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import datasets
 import numpy as np
 import torch
-from transformers import DataCollatorWithPadding, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from slimformer.errors import ModelError, RecipeError
 from slimformer.methods.data_distill.multi_teacher import MultiTeacherTargets, check_label_sets
@@ -44,7 +45,7 @@ class RunContext:
     tokenizer: PreTrainedTokenizerBase
     train_ds: datasets.Dataset
     eval_ds: datasets.Dataset
-    collate: DataCollatorWithPadding
+    collate: Callable
     cache_root: Path
     teacher_ref: str | None = None
     teacher_config: object | None = None
@@ -143,6 +144,8 @@ def _labels_from_data(values: list) -> list[str]:
         ids = sorted(int(u) for u in uniq)
         if ids == list(range(len(ids))):
             return [str(i) for i in ids]
+    if "O" in uniq:  # IOB tags: the outside tag first, as NER models usually have it
+        uniq = ["O"] + [u for u in uniq if u != "O"]
     return uniq
 
 
@@ -174,10 +177,13 @@ def build_context(recipe: Recipe, cache_dir: str | None = None) -> RunContext:
         else None
     )
     label_config, label_names = teacher_config, None
-    if label_config is None and task.name == "sequence-classification":
+    labeled = task.name in ("sequence-classification", "token-classification")
+    if label_config is None and labeled:
+        if task.name == "token-classification":  # one tag per token: every tag in the data
+            raw_labels = [tag for tags in raw_labels for tag in tags]
         label_names = recipe.labels or _labels_from_data(raw_labels)
         label_config = _LabelConfig(label_names)
-    if task.name == "sequence-classification" and label_config is not None:
+    if labeled and label_config is not None:
         _check_label_count(label_config, recipe)
     train_ds = task.prepare(train_raw, tokenizer, recipe.data, label_config, "train")
     eval_ds = task.prepare(eval_raw, tokenizer, recipe.data, label_config, "eval")
@@ -199,7 +205,7 @@ def build_context(recipe: Recipe, cache_dir: str | None = None) -> RunContext:
         tokenizer=tokenizer,
         train_ds=train_ds,
         eval_ds=eval_ds,
-        collate=DataCollatorWithPadding(tokenizer),
+        collate=task.collator(tokenizer),
         cache_root=Path(cache_dir or recipe.cache_dir or default_cache_dir()),
         teacher_ref=teacher_ref,
         teacher_config=teacher_config,

@@ -182,7 +182,9 @@ class ReportConfig(StrictConfig):
 
 
 class Recipe(StrictConfig):
-    task: Literal["sequence-classification", "sentence-embedding"] = "sequence-classification"
+    task: Literal["sequence-classification", "token-classification", "sentence-embedding"] = (
+        "sequence-classification"
+    )
     seed: int = 0
     teacher: TeacherConfig | None = None
     student: StudentConfig = StudentConfig()

@@ -191,16 +191,19 @@ def finetune_stage(
     ctx: RunContext, cfg: FinetuneStage, model_dir: Path | None, stage_dir: Path, resume: bool
 ) -> tuple[Path, dict]:
     model = trainable_model(ctx, model_dir)
-    hard = cfg.hard or ("mse" if is_regression(model.config) else "ce")
+    regression = ctx.task.name == "sequence-classification" and is_regression(model.config)
+    hard = cfg.hard or ("mse" if regression else "ce")
     loss_fn = make_loss_fn(ctx.task, DistillLossConfig(alpha=0.0, hard=hard), None)
     result = _train(
-        ctx, cfg, model, loss_fn, stage_dir, resume, None, _finetune_metric(model), "finetune"
+        ctx, cfg, model, loss_fn, stage_dir, resume, None, _finetune_metric(ctx, model), "finetune"
     )
     return result.model_dir, _summary(result)
 
 
-def _finetune_metric(model: PreTrainedModel) -> str:
-    return "spearman" if is_regression(model.config) else "accuracy"
+def _finetune_metric(ctx: RunContext, model: PreTrainedModel) -> str:
+    if ctx.task.name == "sequence-classification" and is_regression(model.config):
+        return "spearman"
+    return ctx.task.primary_metric
 
 
 @STAGES.register("export")

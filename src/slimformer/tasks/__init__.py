@@ -1,6 +1,10 @@
 """One file per task shape; ``get_task(name)`` returns the registered one."""
 
-from slimformer.tasks import sentence_embedding, sequence_classification  # noqa: F401  (register)
+from slimformer.tasks import (  # noqa: F401  (register)
+    sentence_embedding,
+    sequence_classification,
+    token_classification,
+)
 from slimformer.tasks.base import TASKS, Aligned, Task
 
 

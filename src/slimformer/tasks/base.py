@@ -62,6 +62,21 @@ class Task(ABC):
     def hard_targets(self, batch: dict) -> torch.Tensor | None:
         return batch.get("labels")
 
+    def collator(self, tokenizer: PreTrainedTokenizerBase):
+        """Pads a list of prepared rows into a batch."""
+        from transformers import DataCollatorWithPadding
+
+        return DataCollatorWithPadding(tokenizer)
+
+    def pack(self, values: torch.Tensor, batch: dict) -> torch.Tensor:
+        """Aligned outputs of a batch -> one fixed-width row per example (B, W), the layout of
+        the teacher cache and of predictions. Identity for one output per example."""
+        return values
+
+    def unpack(self, rows: torch.Tensor, batch: dict) -> torch.Tensor:
+        """Inverse of ``pack`` for ``batch``'s shape."""
+        return rows
+
     @abstractmethod
     def metrics(
         self, values: np.ndarray, labels: np.ndarray | None, reference: np.ndarray | None

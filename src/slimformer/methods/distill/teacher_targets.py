@@ -30,7 +30,8 @@ class TeacherTargets:
         if missing.any():
             self._fill(batch, np.flatnonzero(missing), idx)
         self.cached_examples += int((~missing).sum())
-        return self.cache.read(idx).to(batch["input_ids"].device)
+        rows = self.cache.read(idx).to(batch["input_ids"].device)
+        return self.task.unpack(rows, batch)
 
     @torch.inference_mode()
     def _fill(self, batch: dict, rows: np.ndarray, idx: np.ndarray) -> None:
@@ -41,12 +42,13 @@ class TeacherTargets:
             k: v[torch.as_tensor(rows, device=v.device)] if torch.is_tensor(v) else v
             for k, v in batch.items()
         }
-        out = self.task.forward(self._teacher, sub).values
+        out = self.task.pack(self.task.forward(self._teacher, sub).values, sub)
         self.cache.write(idx[rows], out)
         self.teacher_examples += len(rows)
 
     def all_values(self, ds, collate, batch_size: int = 128) -> np.ndarray:
-        """Outputs for every row of ``ds`` (N, D), running the teacher only on uncached rows."""
+        """Packed outputs for every row of ``ds`` (N, W), running the teacher only on uncached
+        rows."""
         if self.cache.missing(np.arange(len(ds))).any():
             sampler = LengthGroupedBatchSampler(
                 [len(x) for x in ds["input_ids"]], batch_size, seed=0, shuffle=False

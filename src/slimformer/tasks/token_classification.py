@@ -1,0 +1,173 @@
+"""Token classification (NER): one tag distribution per token.
+
+Words are split into sub-tokens; the word's tag sits on its first sub-token (``data.subtokens:
+all`` puts it on every sub-token for the loss). Three per-token columns ride with each row:
+``labels`` (loss targets, -100 where none), ``kd_mask`` (where the KD loss applies: the labeled
+sub-tokens, never padding or special tokens) and ``word_start`` (what the entity metric reads).
+Outputs are packed per example to ``max_length`` x tags, so the teacher cache and predictions
+keep one fixed-width row per sentence.
+"""
+
+import datasets
+import numpy as np
+import torch
+from transformers import AutoModelForTokenClassification, DataCollatorForTokenClassification
+
+from slimformer.data.config import DataConfig
+from slimformer.data.conll import CONLL_SUFFIXES, read_conll
+from slimformer.data.readers import read_table, require_columns
+from slimformer.errors import DataError, ModelError
+from slimformer.tasks.base import TASKS, Aligned, Task, model_inputs
+from slimformer.tasks.metrics import entity_metrics
+from slimformer.tasks.sequence_classification import label_mapper, subsample
+
+PER_TOKEN = ("labels", "kd_mask", "word_start")
+
+
+def is_conll(source: str, fmt: str) -> bool:
+    from pathlib import Path
+
+    suffix = Path(source).suffix.lower()
+    return fmt == "conll" or (fmt == "auto" and suffix in CONLL_SUFFIXES + (".txt",))
+
+
+class TokenCollator:
+    """Pads inputs with the tokenizer and the per-token columns with -100 / 0."""
+
+    def __init__(self, tokenizer) -> None:
+        self.inner = DataCollatorForTokenClassification(tokenizer)
+
+    def __call__(self, rows: list[dict]) -> dict:
+        extra = {k: [r.pop(k) for r in rows] for k in ("kd_mask", "word_start") if k in rows[0]}
+        batch = dict(self.inner(rows))
+        length = batch["input_ids"].shape[1]
+        for key, values in extra.items():
+            padded = torch.zeros(len(values), length, dtype=torch.long)
+            for i, v in enumerate(values):
+                padded[i, : len(v)] = torch.as_tensor(v)
+            batch[key] = padded
+        return batch
+
+
+@TASKS.register("token-classification")
+class TokenClassification(Task):
+    name = "token-classification"
+    primary_metric = "f1"
+    auto_class = AutoModelForTokenClassification
+
+    def __init__(self) -> None:
+        self.width: int | None = None  # max_length: packed row = width x num_labels
+        self.id2label: dict[int, str] = {}
+        self.strict = False
+
+    def _read(self, source: str, data: DataConfig, split: str) -> datasets.Dataset:
+        if is_conll(source, data.format):
+            return read_conll(source, data.tag_column, data.text_column, data.label_column)
+        ds = read_table(source, fmt=data.format, split=split)
+        require_columns(ds, [data.text_column, data.label_column], source)
+        feature = ds.features[data.label_column]
+        names = getattr(getattr(feature, "feature", None), "names", None)
+        if names:  # a hub ClassLabel sequence: ids -> tag names
+            ds = ds.map(
+                lambda rows: {
+                    data.label_column: [
+                        [names[t] for t in tags] for tags in rows[data.label_column]
+                    ]
+                },
+                batched=True,
+            )
+        return ds
+
+    def raw_splits(self, data: DataConfig, seed: int):
+        train = self._read(data.train, data, data.train_split)
+        if data.eval:
+            evl = self._read(data.eval, data, data.eval_split)
+        else:
+            parts = train.train_test_split(test_size=0.1, seed=seed)
+            train, evl = parts["train"], parts["test"]
+        return (
+            subsample(train, data.max_train_examples, seed),
+            subsample(evl, data.max_eval_examples, seed),
+        )
+
+    def prepare(self, ds, tokenizer, data: DataConfig, model_config, split: str):
+        if not getattr(tokenizer, "is_fast", False):
+            raise ModelError(
+                "Token classification needs a fast tokenizer (word ids for sub-token alignment); "
+                f"{type(tokenizer).__name__} is not one."
+            )
+        self.width = data.max_length
+        self.id2label = {int(k): v for k, v in model_config.id2label.items()}
+        to_id = label_mapper(model_config, f"the {split} data")
+        for tag in {t for tags in ds[data.label_column] for t in tags}:
+            to_id(tag)  # every tag known, checked before tokenizing
+        every = data.subtokens == "all"
+
+        def encode(rows):
+            enc = tokenizer(
+                [[str(w) for w in words] for words in rows[data.text_column]],
+                is_split_into_words=True,
+                truncation=True,
+                max_length=data.max_length,
+            )
+            labels, kd_mask, word_start = [], [], []
+            for i, tags in enumerate(rows[data.label_column]):
+                lab, mask, start, previous = [], [], [], None
+                for w in enc.word_ids(i):
+                    first = w is not None and w != previous
+                    use = first or (w is not None and every)
+                    lab.append(to_id(tags[w]) if use else -100)
+                    mask.append(int(use))
+                    start.append(int(first))
+                    previous = w
+                labels.append(lab)
+                kd_mask.append(mask)
+                word_start.append(start)
+            return {**enc, "labels": labels, "kd_mask": kd_mask, "word_start": word_start}
+
+        ds = ds.map(encode, batched=True, remove_columns=ds.column_names, desc="tokenizing")
+        return ds.add_column("idx", list(range(len(ds))))
+
+    def forward(self, model, batch) -> Aligned:
+        logits = model(**model_inputs(batch)).logits  # (B, L, C)
+        mask = batch["kd_mask"] if "kd_mask" in batch else batch["attention_mask"]
+        return Aligned(logits.reshape(-1, logits.shape[-1]), mask.reshape(-1).bool())
+
+    def hard_targets(self, batch: dict) -> torch.Tensor | None:
+        labels = batch.get("labels")
+        return None if labels is None else labels.reshape(-1)
+
+    def collator(self, tokenizer):
+        return TokenCollator(tokenizer)
+
+    def _shape(self) -> tuple[int, int]:
+        if self.width is None or not self.id2label:
+            raise DataError("token-classification: prepare() must run before outputs are packed")
+        return self.width, len(self.id2label)
+
+    def pack(self, values: torch.Tensor, batch: dict) -> torch.Tensor:
+        width, tags = self._shape()
+        b, length = batch["input_ids"].shape
+        out = values.new_zeros(b, width, tags)
+        out[:, :length] = values.reshape(b, length, tags)
+        return out.reshape(b, width * tags)
+
+    def unpack(self, rows: torch.Tensor, batch: dict) -> torch.Tensor:
+        width, tags = self._shape()
+        b, length = batch["input_ids"].shape
+        return rows.reshape(b, width, tags)[:, :length].reshape(b * length, tags)
+
+    def metrics(self, values: np.ndarray, labels, reference) -> dict[str, float]:
+        width, tags = self._shape()
+        predicted = values.reshape(len(values), width, tags).argmax(-1)
+        out = {}
+        if labels is not None:
+            out = entity_metrics(
+                predicted[:, : labels.shape[1]], labels, self.id2label, self.strict
+            )
+        if reference is not None and labels is not None:
+            ref = reference.reshape(len(reference), width, tags).argmax(-1)[:, : labels.shape[1]]
+            real = labels >= 0
+            cut = predicted[:, : labels.shape[1]]
+            out["teacher_agreement"] = float((cut[real] == ref[real]).mean())
+        return out

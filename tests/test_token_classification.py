@@ -1,0 +1,211 @@
+"""Token classification (NER): CoNLL reading, sub-token alignment, token-level KD loss with
+masked positions, entity metrics, and distill / finetune end to end on tiny models."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from slimformer.data.conll import read_conll
+from slimformer.errors import DataError
+from tests.conftest import SHARED
+
+CONLL = SHARED / "data" / "conll2003"
+TAGS = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC"]
+
+
+def _slice(src: Path, dst: Path, sentences: int) -> Path:
+    out, seen = [], 0
+    for line in src.read_text(encoding="utf-8").splitlines(True):
+        out.append(line)
+        if not line.strip():
+            seen += 1
+            if seen > sentences:
+                break
+    dst.write_text("".join(out), encoding="utf-8")
+    return dst
+
+
+@pytest.fixture(scope="session")
+def conll_slice(tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("conll")
+    return {
+        "train": _slice(CONLL / "train.txt", folder / "train.txt", 160),
+        "dev": _slice(CONLL / "valid.txt", folder / "valid.txt", 48),
+    }
+
+
+@pytest.fixture(scope="session")
+def tiny_ner_teacher(tmp_path_factory, tokenizer) -> Path:
+    from transformers import BertForTokenClassification
+
+    from tests.conftest import tiny_config
+
+    torch.manual_seed(0)
+    config = tiny_config(
+        num_labels=len(TAGS),
+        id2label=dict(enumerate(TAGS)),
+        label2id={t: i for i, t in enumerate(TAGS)},
+    )
+    folder = tmp_path_factory.mktemp("tiny_ner")
+    BertForTokenClassification(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_conll_reader_skips_docstart_and_handles_blank_lines(tmp_path):
+    text = "-DOCSTART- -X- O O\n\n\nEU NNP I-NP B-ORG\nrejects VBZ I-VP O\n\n\n\nPeter NNP I-NP B-PER\n"
+    (tmp_path / "a.txt").write_text(text, encoding="utf-8")
+    ds = read_conll(tmp_path / "a.txt")
+    assert ds["tokens"] == [["EU", "rejects"], ["Peter"]]
+    assert ds["tags"] == [["B-ORG", "O"], ["B-PER"]]
+    assert read_conll(tmp_path / "a.txt", tag_column=1)["tags"][0] == ["NNP", "VBZ"]
+
+
+def test_conll_reader_names_a_line_with_the_wrong_column_count(tmp_path):
+    (tmp_path / "b.txt").write_text("EU NNP I-NP B-ORG\nrejects VBZ O\n", encoding="utf-8")
+    with pytest.raises(DataError, match="line 2 has 3 columns"):
+        read_conll(tmp_path / "b.txt")
+
+
+def test_real_conll_counts():
+    assert len(read_conll(CONLL / "valid.txt")) == 3250
+
+
+def _task(tokenizer, subtokens="first", max_length=32):
+    from slimformer.data.config import DataConfig
+    from slimformer.pipeline.context import _LabelConfig
+    from slimformer.tasks import get_task
+
+    task = get_task("token-classification")
+    data = DataConfig(
+        train="x",
+        text_column="tokens",
+        label_column="tags",
+        subtokens=subtokens,
+        max_length=max_length,
+    )
+    return task, data, _LabelConfig(TAGS)
+
+
+def test_subtoken_alignment_on_tricky_words(tokenizer):
+    import datasets
+
+    task, data, config = _task(tokenizer)
+    words = ["Schwarzenegger", "visited", "São", "Paulo", "(", "U.S.", ")"]
+    tags = ["B-PER", "O", "B-LOC", "I-LOC", "O", "B-LOC", "O"]
+    ds = datasets.Dataset.from_dict({"tokens": [words], "tags": [tags]})
+    row = task.prepare(ds, tokenizer, data, config, "train")[0]
+    pieces = tokenizer.convert_ids_to_tokens(row["input_ids"])
+    starts = [p for p, s in zip(pieces, row["word_start"], strict=True) if s]
+    assert len(starts) == len(words)  # exactly one start per word
+    labeled = [TAGS[t] for t in row["labels"] if t >= 0]
+    assert labeled == tags  # first sub-tokens carry the word's tag, in order
+    assert row["labels"][0] == -100 and row["labels"][-1] == -100  # [CLS], [SEP]
+    assert row["kd_mask"] == row["word_start"]
+    task_all, data_all, _ = _task(tokenizer, subtokens="all")
+    every = task_all.prepare(ds, tokenizer, data_all, config, "train")[0]
+    assert sum(every["kd_mask"]) == len(pieces) - 2  # every real sub-token, no specials
+    assert every["word_start"] == row["word_start"]
+
+
+def test_unknown_tag_is_refused(tokenizer):
+    import datasets
+
+    task, data, config = _task(tokenizer)
+    ds = datasets.Dataset.from_dict({"tokens": [["x"]], "tags": [["B-FOOD"]]})
+    with pytest.raises(DataError, match="B-FOOD"):
+        task.prepare(ds, tokenizer, data, config, "train")
+
+
+def test_token_kd_loss_by_hand_with_masked_positions(tokenizer):
+    """KL at T over tag distributions, averaged over the positions the task's mask keeps."""
+    from slimformer.methods.distill.losses import SOFT_LOSSES
+
+    task, _, _ = _task(tokenizer)
+    task.width, task.id2label = 4, dict(enumerate(["O", "B-X"]))
+    student = torch.zeros(1, 3, 2)  # uniform
+    teacher_logits = torch.tensor([[[0.0, 0.0], [np.log(3.0), 0.0], [9.0, -9.0]]])
+    batch = {"input_ids": torch.zeros(1, 3, dtype=torch.long), "kd_mask": torch.tensor([[0, 1, 0]])}
+
+    class Model:
+        def __call__(self, **kw):
+            return type("Out", (), {"logits": student})
+
+    out = task.forward(Model(), batch)
+    assert out.mask.tolist() == [False, True, False]
+    kl = SOFT_LOSSES.get("kl")(out.values, teacher_logits.reshape(-1, 2), out.mask, 1.0)
+    # only position 1 counts: KL((3/4, 1/4) || (1/2, 1/2))
+    expected = 0.75 * np.log(0.75 / 0.5) + 0.25 * np.log(0.25 / 0.5)
+    assert kl.item() == pytest.approx(expected, rel=1e-5)
+    packed = task.pack(teacher_logits.reshape(-1, 2), batch)
+    assert packed.shape == (1, 8)
+    assert torch.equal(task.unpack(packed, batch), teacher_logits.reshape(-1, 2))
+
+
+def test_entity_metrics_by_hand():
+    from slimformer.tasks.metrics import entity_metrics
+
+    id2label = dict(enumerate(TAGS))
+    gold = np.array([[1, 2, 0, 5, -100], [3, 0, -100, -100, -100]])  # PER(2), LOC; ORG
+    pred = np.array([[1, 2, 0, 0, 7], [3, 0, 0, 0, 0]])  # PER right, LOC missed; ORG right
+    m = entity_metrics(pred, gold, id2label)
+    assert m["precision"] == pytest.approx(1.0) and m["recall"] == pytest.approx(2 / 3)
+    assert m["f1"] == pytest.approx(0.8) and m["f1_LOC"] == 0.0 and m["f1_PER"] == 1.0
+    # an entity starting with I- counts in the default mode, not in strict IOB2
+    loose = entity_metrics(np.array([[2, 2]]), np.array([[1, 2]]), id2label)
+    strict = entity_metrics(np.array([[2, 2]]), np.array([[1, 2]]), id2label, strict=True)
+    assert loose["f1"] == 1.0 and strict["f1"] == 0.0
+
+
+def _ner_recipe(teacher: Path, data: dict[str, Path], **stage) -> dict:
+    distill = {"epochs": 1, "batch_size": 16, "learning_rate": 1e-3, "save_every": 50}
+    distill.update(stage)
+    return {
+        "task": "token-classification",
+        "teacher": {"model": str(teacher)},
+        "student": {"layers": 2},
+        "data": {
+            "train": str(data["train"]),
+            "eval": str(data["dev"]),
+            "text_column": "tokens",
+            "label_column": "tags",
+            "max_length": 64,
+        },
+        "stages": [{"distill": distill}],
+        "report": {"repeats": 2, "batch_sizes": [1, 4], "seq_len": 16},
+    }
+
+
+def test_token_distillation_end_to_end_with_cache(
+    tiny_ner_teacher, conll_slice, tmp_path, cache_dir
+):
+    from transformers import AutoModelForTokenClassification, pipeline
+
+    from slimformer.api import run
+
+    tree = _ner_recipe(tiny_ner_teacher, conll_slice, alpha=0.5, temperature=2.0)
+    first = run(tree, tmp_path / "a", cache_dir=str(cache_dir))
+    stage = first["stages"][0]
+    assert stage["teacher_forward_examples"] == len(read_conll(conll_slice["train"]))
+    assert {"f1", "precision", "recall", "token_accuracy"} <= set(first["student"]["metrics"])
+    assert "teacher_agreement" in first["student"]["metrics"]
+    second = run(tree, tmp_path / "b", cache_dir=str(cache_dir))
+    assert second["stages"][0]["teacher_forward_examples"] == 0  # per-token logits cached
+    assert second["student"]["metrics"] == first["student"]["metrics"]
+    model = AutoModelForTokenClassification.from_pretrained(tmp_path / "a" / "model")
+    assert model.config.id2label[1] == "B-PER"
+    ner = pipeline("token-classification", model=str(tmp_path / "a" / "model"))
+    assert isinstance(ner("Peter Blackburn visited Brussels"), list)
+
+
+def test_finetune_token_teacher_from_backbone(conll_slice, tmp_path, cache_dir, tiny_ner_teacher):
+    from slimformer.api import run
+
+    tree = _ner_recipe(tiny_ner_teacher, conll_slice)
+    tree.pop("teacher")
+    tree["student"] = {"model": str(tiny_ner_teacher)}
+    tree["stages"] = [{"finetune": {"epochs": 1, "batch_size": 16, "learning_rate": 1e-3}}]
+    report = run(tree, tmp_path / "ft", cache_dir=str(cache_dir))
+    assert report["stages"][0]["best"]["f1"] >= 0.0
