@@ -55,7 +55,10 @@ def tiny_ner_teacher(tmp_path_factory, tokenizer) -> Path:
 
 
 def test_conll_reader_skips_docstart_and_handles_blank_lines(tmp_path):
-    text = "-DOCSTART- -X- O O\n\n\nEU NNP I-NP B-ORG\nrejects VBZ I-VP O\n\n\n\nPeter NNP I-NP B-PER\n"
+    text = (
+        "-DOCSTART- -X- O O\n\n\nEU NNP I-NP B-ORG\nrejects VBZ I-VP O\n\n\n\n"
+        "Peter NNP I-NP B-PER\n"
+    )
     (tmp_path / "a.txt").write_text(text, encoding="utf-8")
     ds = read_conll(tmp_path / "a.txt")
     assert ds["tokens"] == [["EU", "rejects"], ["Peter"]]
