@@ -76,12 +76,13 @@ def distill(
     alpha: float = 0.5,
     student_model: str | None = None,
     seed: int = 0,
+    task: str = "sequence-classification",
     **kw: Any,
 ) -> dict:
-    """Distill a sequence-classification teacher into a smaller student (plain KD)."""
+    """Distill a classification teacher (sequence or token) into a smaller student (plain KD)."""
     student = {"model": student_model} if student_model else {"layers": layers}
     recipe = {
-        "task": "sequence-classification",
+        "task": task,
         "seed": seed,
         "teacher": {"model": teacher},
         "student": student,
@@ -115,11 +116,12 @@ def finetune(
     batch_size: int = 32,
     learning_rate: float = 5e-5,
     seed: int = 0,
+    task: str = "sequence-classification",
     **kw: Any,
 ) -> dict:
     """Fine-tune a pretrained backbone (e.g. to make a teacher) on labeled data."""
     recipe = {
-        "task": "sequence-classification",
+        "task": task,
         "seed": seed,
         "student": {"model": model},
         "data": _data_tree(train, eval, text_column, text_pair_column, label_column, max_length),

@@ -55,6 +55,15 @@ def _common_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", help="teacher-output cache (default ~/.cache/slimformer)")
 
 
+def _task_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--task",
+        default="sequence-classification",
+        choices=["sequence-classification", "token-classification"],
+        help="token-classification: NER; CoNLL files (.txt/.conll) or token/tag list columns",
+    )
+
+
 def _data_flags(p: argparse.ArgumentParser, train: bool = True) -> None:
     if train:
         p.add_argument("--train", required=True, help="training data file or hub id")
@@ -96,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=2.0)
     p.add_argument("--alpha", type=float, default=0.5, help="weight of the soft (KD) term")
     p.add_argument("--seed", type=int, default=0)
+    _task_flag(p)
     _common_run_flags(p)
 
     p = sub.add_parser(
@@ -111,6 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--learning-rate", type=float, default=5e-5)
     p.add_argument("--seed", type=int, default=0)
+    _task_flag(p)
     _common_run_flags(p)
 
     p = sub.add_parser(
@@ -284,6 +295,7 @@ def dispatch(args: argparse.Namespace) -> dict:
             temperature=args.temperature,
             alpha=args.alpha,
             seed=args.seed,
+            task=args.task,
             **data_kw,
             **run_kw,
         )
@@ -298,6 +310,7 @@ def dispatch(args: argparse.Namespace) -> dict:
             batch_size=args.batch_size,
             learning_rate=args.learning_rate,
             seed=args.seed,
+            task=args.task,
             **data_kw,
             **run_kw,
         )
