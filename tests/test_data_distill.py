@@ -215,6 +215,27 @@ def test_two_teachers_mixed(tiny_teacher, sst2_slice, tmp_path, cache_dir, token
     assert report["teacher"]["model"] == str(tiny_teacher)  # the report's teacher: the primary
 
 
+def test_selection_by_teacher_disagreement(
+    tiny_teacher, sst2_slice, tmp_path, cache_dir, tokenizer
+):
+    from slimformer.api import run
+    from tests.conftest import sst2_recipe
+
+    second = _second_teacher(tmp_path, tokenizer)
+    tree = sst2_recipe(
+        tiny_teacher,
+        sst2_slice,
+        selection={"criterion": "disagreement", "fraction": 0.25, "scope": "all"},
+    )
+    tree["teacher"] |= {"also": [{"model": str(second)}]}
+    report = run(tree, tmp_path / "dis", cache_dir=str(cache_dir))
+    assert report["stages"][0]["selection"]["kept"] == 64
+    tree.pop("teacher")
+    tree["teacher"] = {"model": str(tiny_teacher)}
+    with pytest.raises(RecipeError, match="two or more teachers"):
+        run(tree, tmp_path / "one", cache_dir=str(cache_dir))
+
+
 def test_teachers_with_other_labels_fail_before_training(
     tiny_teacher, sst2_slice, tmp_path, cache_dir, tokenizer
 ):

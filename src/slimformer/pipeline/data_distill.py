@@ -63,15 +63,29 @@ def choose_training_data(
     train_ds, info = rows, {}
     if cfg.selection is None and cfg.curriculum is None:
         return train_ds, None, info
-    if getattr(ctx.teacher_config, "num_labels", 2) < 2:
+    if getattr(ctx.teacher_config, "num_labels", 2) < 2 or ctx.task.name != (
+        "sequence-classification"
+    ):
         raise RecipeError(
             "selection and curriculum rank examples by the teacher's class probabilities; "
-            "they need a classification teacher (this one is a regression model)."
+            "they need a sentence-classification teacher."
         )
     log.info("teacher labels for all %d training rows (cached after the first run)", len(train_ds))
     probs = softmax(targets.all_values(rows, ctx.collate).astype(np.float64))
     if cfg.selection is not None:
-        train_ds, info["selection"] = _select(rows, n_unlabeled, cfg.selection, probs, stage_dir)
+        per_teacher = [probs]
+        if cfg.selection.criterion == "disagreement":
+            if not hasattr(targets, "targets"):
+                raise RecipeError(
+                    "selection by disagreement needs two or more teachers: add teacher.also."
+                )
+            per_teacher = [
+                softmax(t.all_values(rows, ctx.collate).astype(np.float64))
+                for t in targets.targets
+            ]
+        train_ds, info["selection"] = _select(
+            rows, n_unlabeled, cfg.selection, probs, per_teacher, stage_dir
+        )
     sampler = None
     if cfg.curriculum is not None:
         confidence = probs[np.asarray(train_ds["idx"])].max(-1)
@@ -87,7 +101,14 @@ def choose_training_data(
     return train_ds, sampler, info
 
 
-def _select(rows: datasets.Dataset, n_unlabeled: int, sel, probs: np.ndarray, stage_dir: Path):
+def _select(
+    rows: datasets.Dataset,
+    n_unlabeled: int,
+    sel,
+    probs: np.ndarray,
+    per_teacher: list[np.ndarray],
+    stage_dir: Path,
+):
     n = len(probs)
     if sel.scope == "unlabeled":
         if not n_unlabeled:
@@ -99,7 +120,7 @@ def _select(rows: datasets.Dataset, n_unlabeled: int, sel, probs: np.ndarray, st
     else:
         candidates = np.arange(n)
     sub = probs[candidates]
-    scores = informativeness(sel.criterion, [sub], sel.seed)
+    scores = informativeness(sel.criterion, [p[candidates] for p in per_teacher], sel.seed)
     predicted = sub.argmax(-1)
     chosen = select(scores, sel.fraction, predicted, sel.class_balanced)
     keep = candidates[chosen]

@@ -41,7 +41,9 @@ class TeacherConfig(StrictConfig):
 class SelectionConfig(StrictConfig):
     """Keep the most informative teacher-labeled examples (ERNIE-Tiny data distillation)."""
 
-    criterion: Literal["entropy", "margin", "random"] = "entropy"
+    criterion: Literal["entropy", "margin", "disagreement", "random"] = Field(
+        "entropy", description="disagreement: between the teachers (needs teacher.also)"
+    )
     fraction: float = Field(description="share kept, in (0, 1]")
     class_balanced: bool = False
     scope: Literal["unlabeled", "all"] = Field(
