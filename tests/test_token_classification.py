@@ -212,3 +212,77 @@ def test_finetune_token_teacher_from_backbone(conll_slice, tmp_path, cache_dir, 
     tree["stages"] = [{"finetune": {"epochs": 1, "batch_size": 16, "learning_rate": 1e-3}}]
     report = run(tree, tmp_path / "ft", cache_dir=str(cache_dir))
     assert report["stages"][0]["best"]["f1"] >= 0.0
+
+
+def _valid_iob2(tags: list[str]) -> bool:
+    previous = "O"
+    for tag in tags:
+        if tag.startswith("I-") and previous[2:] != tag[2:]:
+            return False
+        previous = tag
+    return True
+
+
+def test_crf_decode_never_emits_an_invalid_iob2_transition():
+    from slimformer.models.crf import IOB2CRF
+
+    torch.manual_seed(0)
+    crf = IOB2CRF(TAGS)
+    with torch.no_grad():
+        crf.transitions.normal_(0, 3)  # even with learned transitions pushing the wrong way
+    emissions = torch.randn(64, 12, len(TAGS)) * 5
+    emissions[:, :, 2] += 8  # I-PER everywhere is the argmax: invalid after O / at the start
+    mask = torch.ones(64, 12, dtype=torch.bool)
+    mask[0, 5:] = False
+    paths = crf.decode(emissions, mask)
+    assert len(paths[0]) == 5 and all(len(p) == 12 for p in paths[1:])
+    assert all(_valid_iob2([TAGS[t] for t in p]) for p in paths)
+    assert not all(_valid_iob2([TAGS[t] for t in row]) for row in emissions.argmax(-1).tolist())
+
+
+def test_crf_likelihood_against_brute_force():
+    import itertools
+
+    from slimformer.models.crf import IOB2CRF
+
+    labels = ["O", "B-X", "I-X"]
+    torch.manual_seed(1)
+    crf = IOB2CRF(labels)
+    with torch.no_grad():
+        for p in (crf.transitions, crf.start, crf.end):
+            p.normal_()
+    emissions = torch.randn(1, 3, 3)
+    mask = torch.ones(1, 3, dtype=torch.bool)
+
+    def score(seq):
+        trans = crf.transitions + crf.penalty
+        s = crf.start[seq[0]] + crf.start_penalty[seq[0]] + emissions[0, 0, seq[0]]
+        for i in range(1, 3):
+            s = s + trans[seq[i - 1], seq[i]] + emissions[0, i, seq[i]]
+        return s + crf.end[seq[-1]]
+
+    scores = torch.stack([score(s) for s in itertools.product(range(3), repeat=3)])
+    gold = (1, 2, 0)  # B-X I-X O
+    expected = score(gold) - torch.logsumexp(scores, 0)
+    got = crf.log_likelihood(emissions, torch.tensor([gold]), mask)
+    assert got.item() == pytest.approx(expected.item(), abs=1e-4)
+    best = max(itertools.product(range(3), repeat=3), key=lambda s: score(s).item())
+    assert crf.decode(emissions, mask)[0] == list(best)
+
+
+def test_crf_student_end_to_end(tiny_ner_teacher, conll_slice, tmp_path, cache_dir):
+    from transformers import AutoModelForTokenClassification
+
+    from slimformer.api import run
+    from slimformer.models.crf import has_crf
+    from slimformer.tasks import get_task
+
+    tree = _ner_recipe(tiny_ner_teacher, conll_slice, alpha=0.5)
+    tree["student"]["crf"] = True
+    report = run(tree, tmp_path / "crf", cache_dir=str(cache_dir))
+    assert report["student"]["metrics"]["f1"] >= 0.0
+    folder = str(tmp_path / "crf" / "model")
+    model = get_task("token-classification").load_model(folder)
+    assert has_crf(model) and model.crf.transitions.abs().sum() > 0  # trained and restored
+    plain = AutoModelForTokenClassification.from_pretrained(folder)  # ignores the CRF
+    assert not has_crf(plain)

@@ -38,7 +38,7 @@ def predict(
         unit="batch",
     ):
         batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
-        values = task.pack(task.forward(model, batch).values, batch).float().cpu().numpy()
+        values = task.pack(task.predict_values(model, batch), batch).float().cpu().numpy()
         if out is None:
             out = np.zeros((len(ds), values.shape[-1]), dtype=np.float32)
         out[batch["idx"].cpu().numpy()] = values

@@ -208,7 +208,11 @@ def load_pretrained(auto_class, ref: str, **kwargs) -> PreTrainedModel:
         ref, trust_remote_code=kwargs.get("trust_remote_code", False)
     )
     if not is_pruned(config):
-        return auto_class.from_pretrained(ref, **kwargs)
+        from slimformer.models.crf import restore_crf
+
+        model = auto_class.from_pretrained(ref, **kwargs)
+        restore_crf(model, ref)
+        return model
     folder = Path(ref)
     files = sorted(folder.glob("*.safetensors"))
     if not folder.is_dir() or not files:

@@ -21,6 +21,7 @@ class StudentConfig(StrictConfig):
     num_heads: int | None = Field(None, gt=0)
     intermediate_size: int | None = Field(None, gt=0)
     model: str | None = Field(None, description="existing model folder or hub id")
+    crf: bool = Field(False, description="token classification: add an IOB2-constrained CRF")
 
     @model_validator(mode="after")
     def _one_way(self) -> "StudentConfig":

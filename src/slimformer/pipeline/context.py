@@ -18,6 +18,7 @@ from slimformer.methods.distill.layerwise.state_cache import TeacherStateCache
 from slimformer.methods.distill.teacher_cache import TeacherCache, dataset_fingerprint
 from slimformer.methods.distill.teacher_targets import TeacherTargets
 from slimformer.models.arch import num_layers
+from slimformer.models.crf import attach_crf, has_crf
 from slimformer.models.loading import (
     check_model_ref,
     check_same_tokenizer,
@@ -119,11 +120,19 @@ class RunContext:
 
     def initial_student(self) -> PreTrainedModel:
         cfg = self.recipe.student
+        if cfg.crf and self.task.name != "token-classification":
+            raise RecipeError(
+                "student.crf is for token classification (task: token-classification)."
+            )
         if cfg.model is not None:
-            return self.task.load_model(check_model_ref(cfg.model), **self._label_kwargs())
-        with torch.random.fork_rng():  # a random-init student depends on the recipe seed only
-            torch.manual_seed(self.recipe.seed)
-            student, self.student_info = derive_student(self.load_teacher(), cfg)
+            student = self.task.load_model(check_model_ref(cfg.model), **self._label_kwargs())
+        else:
+            with torch.random.fork_rng():  # a random-init student depends on the seed only
+                torch.manual_seed(self.recipe.seed)
+                student, self.student_info = derive_student(self.load_teacher(), cfg)
+        if cfg.crf and not has_crf(student):
+            attach_crf(student)
+            self.student_info["crf"] = True
         return student
 
     def _label_kwargs(self) -> dict:

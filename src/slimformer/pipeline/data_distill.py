@@ -80,8 +80,7 @@ def choose_training_data(
                     "selection by disagreement needs two or more teachers: add teacher.also."
                 )
             per_teacher = [
-                softmax(t.all_values(rows, ctx.collate).astype(np.float64))
-                for t in targets.targets
+                softmax(t.all_values(rows, ctx.collate).astype(np.float64)) for t in targets.targets
             ]
         train_ds, info["selection"] = _select(
             rows, n_unlabeled, cfg.selection, probs, per_teacher, stage_dir

@@ -62,6 +62,15 @@ class Task(ABC):
     def hard_targets(self, batch: dict) -> torch.Tensor | None:
         return batch.get("labels")
 
+    def hard_loss(self, model, out: Aligned, batch: dict, hard_fn) -> torch.Tensor | None:
+        """The hard-label term (None without labels); a task may replace it (e.g. a CRF)."""
+        labels = self.hard_targets(batch)
+        return None if labels is None else hard_fn(out.values, labels, out.mask)
+
+    def predict_values(self, model, batch: dict) -> torch.Tensor:
+        """Outputs as metrics read them (a task may decode, e.g. Viterbi with a CRF)."""
+        return self.forward(model, batch).values
+
     def collator(self, tokenizer: PreTrainedTokenizerBase):
         """Pads a list of prepared rows into a batch."""
         from transformers import DataCollatorWithPadding

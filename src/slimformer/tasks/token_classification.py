@@ -17,6 +17,7 @@ from slimformer.data.config import DataConfig
 from slimformer.data.conll import CONLL_SUFFIXES, read_conll
 from slimformer.data.readers import read_table, require_columns
 from slimformer.errors import DataError, ModelError
+from slimformer.models.crf import has_crf
 from slimformer.tasks.base import TASKS, Aligned, Task, model_inputs
 from slimformer.tasks.metrics import entity_metrics
 from slimformer.tasks.sequence_classification import label_mapper, subsample
@@ -47,6 +48,19 @@ class TokenCollator:
                 padded[i, : len(v)] = torch.as_tensor(v)
             batch[key] = padded
         return batch
+
+
+def words(x: torch.Tensor, word_start: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token (B, L, D) -> per-word (B, W, D), left-aligned, with its (B, W) mask."""
+    starts = word_start.bool()
+    counts = starts.sum(1)
+    out = x.new_zeros(x.shape[0], max(int(counts.max()), 1), x.shape[-1])
+    mask = torch.zeros(out.shape[:2], dtype=torch.bool, device=x.device)
+    for row in range(x.shape[0]):
+        n = int(counts[row])
+        out[row, :n] = x[row][starts[row]]
+        mask[row, :n] = True
+    return out, mask
 
 
 @TASKS.register("token-classification")
@@ -139,6 +153,30 @@ class TokenClassification(Task):
 
     def collator(self, tokenizer):
         return TokenCollator(tokenizer)
+
+    def hard_loss(self, model, out: Aligned, batch: dict, hard_fn):
+        """With a CRF: its negative log-likelihood per word (over first sub-tokens)."""
+        model = getattr(model, "module", model)  # DDP wraps the model
+        if not has_crf(model) or "labels" not in batch:
+            return super().hard_loss(model, out, batch, hard_fn)
+        b, length = batch["input_ids"].shape
+        emissions, mask = words(out.values.reshape(b, length, -1), batch["word_start"])
+        tags, _ = words(batch["labels"][..., None], batch["word_start"])
+        nll = -model.crf.log_likelihood(emissions, tags[..., 0], mask)
+        return nll.sum() / mask.sum().clamp(min=1)
+
+    def predict_values(self, model, batch: dict) -> torch.Tensor:
+        """With a CRF: the Viterbi path (always valid IOB2) wins the argmax at word starts."""
+        values = self.forward(model, batch).values
+        if not has_crf(model) or "word_start" not in batch:
+            return values
+        b, length = batch["input_ids"].shape
+        grid = values.reshape(b, length, -1).clone()
+        emissions, mask = words(grid, batch["word_start"])
+        for row, path in enumerate(model.crf.decode(emissions, mask)):
+            where = batch["word_start"][row].nonzero()[:, 0][: len(path)]
+            grid[row, where, torch.as_tensor(path, device=grid.device)] += 1e4
+        return grid.reshape(b * length, -1)
 
     def _shape(self) -> tuple[int, int]:
         if self.width is None or not self.id2label:

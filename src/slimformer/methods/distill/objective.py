@@ -147,11 +147,11 @@ class KDLoss:
                 logs[f"loss_{name}"] = term.detach().item()
                 soft_loss = soft_loss + weight * term
             loss = loss + pw * alpha * soft_loss
-        labels = self.task.hard_targets(batch)
-        if alpha < 1 and pw > 0 and self.hard is not None and labels is not None:
-            hard_loss = self.hard(out.values, labels, out.mask)
-            logs["loss_hard"] = hard_loss.detach().item()
-            loss = loss + pw * (1 - alpha) * hard_loss
+        if alpha < 1 and pw > 0 and self.hard is not None:
+            hard_loss = self.task.hard_loss(model, out, batch, self.hard)
+            if hard_loss is not None:
+                logs["loss_hard"] = hard_loss.detach().item()
+                loss = loss + pw * (1 - alpha) * hard_loss
         if lw is not None:
             inter, inter_logs = lw.loss(batch, progress)
             logs.update(inter_logs)
