@@ -286,3 +286,25 @@ def test_crf_student_end_to_end(tiny_ner_teacher, conll_slice, tmp_path, cache_d
     assert has_crf(model) and model.crf.transitions.abs().sum() > 0  # trained and restored
     plain = AutoModelForTokenClassification.from_pretrained(folder)  # ignores the CRF
     assert not has_crf(plain)
+
+
+def test_token_student_with_layerwise_terms_then_onnx_int8(
+    tiny_ner_teacher, conll_slice, tmp_path, cache_dir
+):
+    """Token KD works with the layer-wise terms, and the student exports to ONNX (parity per
+    token) and quantizes to INT8."""
+    from slimformer.api import run
+
+    tree = _ner_recipe(
+        tiny_ner_teacher,
+        conll_slice,
+        alpha=0.5,
+        intermediate={"terms": {"hidden_mse": 1.0, "attention_kl": 1.0}},
+    )
+    tree["stages"] += [{"export": {}}, {"quantize": {"method": "dynamic"}}]
+    report = run(tree, tmp_path / "onnx", cache_dir=str(cache_dir))
+    distill, export, quantize = report["stages"]
+    assert distill["intermediate"]["layer_mapping"]["student_2"] == "teacher_4"
+    assert export["parity"]["max_abs_diff"] < 1e-3 and export["parity"]["agreement"] >= 0.999
+    assert "f1" in quantize["int8_metrics"]
+    assert (tmp_path / "onnx" / "model" / "model.onnx").is_file()

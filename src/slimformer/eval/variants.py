@@ -77,7 +77,10 @@ def torch_variant(model, folder: Path, task: Task, spec: RuntimeSpec | None = No
     )
 
 
-def onnx_variant(folder: Path, spec: RuntimeSpec | None = None) -> Variant:
+def onnx_variant(
+    folder: Path, spec: RuntimeSpec | None = None, task: Task | None = None
+) -> Variant:
+    """``task``: packs per-token outputs (token classification); None = one row per example."""
     import onnx
     from transformers import AutoConfig
 
@@ -90,7 +93,9 @@ def onnx_variant(folder: Path, spec: RuntimeSpec | None = None) -> Variant:
     return Variant(
         folder=Path(folder),
         runtime="onnxruntime",
-        predict=lambda ds, collate: ort_predict(session, ds, collate),
+        predict=lambda ds, collate: ort_predict(
+            session, ds, collate, pack=task.pack if task is not None else None
+        ),
         run=lambda feed: session.run(None, feed_for(session, feed)),
         params=params,
         size_mb=path.stat().st_size / 2**20,
@@ -102,7 +107,7 @@ def onnx_variant(folder: Path, spec: RuntimeSpec | None = None) -> Variant:
 def load_variant(folder: Path, task: Task) -> Variant:
     spec = read_runtime_spec(folder)
     if is_onnx_folder(folder):
-        return onnx_variant(folder, spec)
+        return onnx_variant(folder, spec, task)
     if spec is None:
         return torch_variant(task.load_model(str(folder)), folder, task)
     return torch_variant(load_runtime_model(folder, spec, task.load_model), folder, task, spec)

@@ -34,15 +34,23 @@ def feed_for(session: ort.InferenceSession, batch: dict) -> dict[str, np.ndarray
 
 
 def ort_predict(
-    session: ort.InferenceSession, ds: datasets.Dataset, collate, batch_size: int = 64
+    session: ort.InferenceSession,
+    ds: datasets.Dataset,
+    collate,
+    batch_size: int = 64,
+    pack=None,
 ) -> np.ndarray:
-    """Logits (N, C) in dataset order, like ``eval.predict.predict`` for PyTorch."""
+    """Packed logits (N, W) in dataset order, like ``eval.predict.predict`` for PyTorch;
+    ``pack`` is the task's (per-token logits -> one row per example), None for (N, C)."""
     sampler = LengthGroupedBatchSampler(
         [len(x) for x in ds["input_ids"]], batch_size, seed=0, shuffle=False
     )
     out = None
     for batch in DataLoader(ds, batch_sampler=sampler, collate_fn=collate):
         logits = session.run(["logits"], feed_for(session, batch))[0]
+        if pack is not None:
+            flat = torch.from_numpy(logits.reshape(-1, logits.shape[-1]))
+            logits = pack(flat, batch).numpy()
         if out is None:
             out = np.zeros((len(ds), logits.shape[-1]), dtype=np.float32)
         out[batch["idx"].numpy()] = logits

@@ -216,9 +216,10 @@ def export_stage(
         export_onnx(model, ctx.tokenizer, tmp, opset=cfg.opset, optimize=cfg.optimize)
         result = check_parity(
             predict(model, ctx.task, ctx.eval_ds, ctx.collate),
-            onnx_variant(tmp).predict(ctx.eval_ds, ctx.collate),
+            onnx_variant(tmp, task=ctx.task).predict(ctx.eval_ds, ctx.collate),
             cfg.parity_max_abs_diff,
             cfg.parity_min_agreement,
+            classes=ctx.task.classes_per_position,
         )
     log.info("ONNX parity on %d eval examples: %s", len(ctx.eval_ds), result)
     return out, {"parity": result, "opset": cfg.opset}
@@ -241,8 +242,8 @@ def quantize_stage(
     quant_cfg = QuantizeConfig(**{k: getattr(cfg, k) for k in QuantizeConfig.model_fields})
     with atomic_dir(out) as tmp:
         quantize_onnx(source, tmp, quant_cfg, ctx.train_ds, ctx.collate)
-    fp32 = onnx_variant(source).predict(ctx.eval_ds, ctx.collate)
-    int8 = onnx_variant(out).predict(ctx.eval_ds, ctx.collate)
+    fp32 = onnx_variant(source, task=ctx.task).predict(ctx.eval_ds, ctx.collate)
+    int8 = onnx_variant(out, task=ctx.task).predict(ctx.eval_ds, ctx.collate)
     labels = labels_of(ctx.eval_ds)
     before, after = ctx.task.metrics(fp32, labels, None), ctx.task.metrics(int8, labels, None)
     info.update(
@@ -250,7 +251,7 @@ def quantize_stage(
             "config": quant_cfg.model_dump(),
             "fp32_metrics": before,
             "int8_metrics": after,
-            "agreement_with_fp32": parity(fp32, int8)["agreement"],
+            "agreement_with_fp32": parity(fp32, int8, ctx.task.classes_per_position)["agreement"],
             "size_mb": {"fp32": round(_onnx_mb(source), 3), "int8": round(_onnx_mb(out), 3)},
         }
     )

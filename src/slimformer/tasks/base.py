@@ -77,6 +77,11 @@ class Task(ABC):
 
         return DataCollatorWithPadding(tokenizer)
 
+    @property
+    def classes_per_position(self) -> int | None:
+        """Classes of each position in a packed row when rows hold several positions."""
+        return None
+
     def pack(self, values: torch.Tensor, batch: dict) -> torch.Tensor:
         """Aligned outputs of a batch -> one fixed-width row per example (B, W), the layout of
         the teacher cache and of predictions. Identity for one output per example."""

@@ -183,6 +183,10 @@ class TokenClassification(Task):
             raise DataError("token-classification: prepare() must run before outputs are packed")
         return self.width, len(self.id2label)
 
+    @property
+    def classes_per_position(self) -> int | None:
+        return len(self.id2label) or None
+
     def pack(self, values: torch.Tensor, batch: dict) -> torch.Tensor:
         width, tags = self._shape()
         b, length = batch["input_ids"].shape
