@@ -59,9 +59,11 @@ def test_all_masked_gives_zero_not_nan():
 
 def test_objective_mixes_alpha_and_follows_temperature_schedule():
     from slimformer.methods.distill.objective import DistillLossConfig, make_loss_fn
-    from slimformer.tasks.base import Aligned
+    from slimformer.tasks.base import Aligned, Task
 
     class FakeTask:
+        hard_loss = Task.hard_loss
+
         def forward(self, model, batch):
             return Aligned(batch["s"], torch.ones(1, dtype=torch.bool))
 
