@@ -4,7 +4,8 @@ epochs and the same batches, in the same process one after the other.
 Teacher ../shared/models/minilm-l6-sst2; student = its layers 0, 3, 5 (copied); SST-2 training
 rows (a seeded sample of --train-examples); TinyBERT-style objective in both: hidden-state MSE at
 layers 0/1/2/3 <- 0/1/4/6, attention distributions (KL / cross-entropy) at 1/2/3 <- 1/4/6,
-soft-target KD at T=2 (weight 0.7) and hard-label CE (0.3). Both see the batches of slimformer's
+soft-target KD at T=2 (weight 0.7) and hard-label CE (0.3), weighted so both libraries optimise
+the same objective (up to constants). Both see the batches of slimformer's
 length-grouped sampler (seed 0, reshuffled each epoch). Throughput = training samples / training
 seconds (evaluation excluded); accuracy on the full dev set (872) after the last epoch.
 
@@ -31,6 +32,9 @@ TEACHER = ROOT.parent / "shared" / "models" / "minilm-l6-sst2"
 SST2 = ROOT.parent / "shared" / "data" / "sst2"
 HIDDEN_MAP = [(0, 0), (1, 1), (2, 4), (3, 6)]  # (student, teacher) hidden-state indices
 ATTENTION_MAP = [(1, 1), (2, 4), (3, 6)]  # (student, teacher) layer numbers, 1-based
+# alpha * T^2 / (1 - alpha) = 0.7 / 0.3 and prediction_weight * (1 - alpha) = 0.3
+ALPHA = 0.7 / (0.7 + 0.3 * 4)
+PREDICTION_WEIGHT = 0.3 / (1 - ALPHA)
 
 
 def recipe(train_examples: int, epochs: int, states: str) -> dict:
@@ -49,10 +53,18 @@ def recipe(train_examples: int, epochs: int, states: str) -> dict:
         "stages": [
             {
                 "distill": {
-                    "alpha": 0.7,
+                    # TextBrewer's objective, term for term: 0.7 soft CE (no T^2) + 0.3 hard
+                    # CE, and every matched layer summed with weight 1. slimformer's soft term
+                    # carries T^2 and its layer terms average over layers, hence these weights.
+                    "alpha": ALPHA,
+                    "prediction_weight": PREDICTION_WEIGHT,
                     "temperature": 2.0,
                     "intermediate": {
-                        "terms": {"embedding_mse": 1.0, "hidden_mse": 1.0, "attention_kl": 1.0},
+                        "terms": {
+                            "embedding_mse": 1.0,
+                            "hidden_mse": float(len(ATTENTION_MAP)),
+                            "attention_kl": float(len(ATTENTION_MAP)),
+                        },
                         "mapping": [t for _, t in ATTENTION_MAP],
                         "teacher_states": states,
                     },
