@@ -132,20 +132,25 @@ class LayerwiseDistiller:
         if cache is not None:
             idx = batch["idx"].cpu().numpy()
             if not cache.missing(idx).any():
-                internals = cache.read(idx, batch["attention_mask"])
-                device = batch["input_ids"].device
-                for part in (internals.hidden, internals.query, internals.key):
-                    for k in part:
-                        part[k] = part[k].to(device)
-                return internals
+                return self._cached(idx, batch)
         device = batch["input_ids"].device
         if next(self._teacher.parameters()).device != device:
             self._teacher.to(device)
         with torch.no_grad(), self.teacher_recorder.record() as rec:
             self.forward(self._teacher, batch)
-        if cache is not None:
-            cache.write(batch["idx"].cpu().numpy(), rec, batch["attention_mask"])
+        if cache is not None:  # read back what was written: cold and warm runs see the same
+            idx = batch["idx"].cpu().numpy()
+            cache.write(idx, rec, batch["attention_mask"])
+            return self._cached(idx, batch)
         return rec
+
+    def _cached(self, idx, batch: dict) -> Internals:
+        internals = self.state_cache.read(idx, batch["attention_mask"])
+        device = batch["input_ids"].device
+        for part in (internals.hidden, internals.query, internals.key):
+            for k in part:
+                part[k] = part[k].to(device)
+        return internals
 
     def loss(self, batch: dict, progress: float) -> tuple[torch.Tensor, dict[str, float]]:
         """Weighted layer-wise loss; the student's forward must have run under ``recording``."""
