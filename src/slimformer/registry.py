@@ -31,6 +31,12 @@ class Registry(Generic[T]):
             )
         return self._entries[name]
 
+    def check_known(self, names) -> None:
+        """ValueError naming every unknown entry and the known ones (for config validators)."""
+        unknown = [n for n in names if n not in self._entries]
+        if unknown:
+            raise ValueError(f"unknown {self.kind}(s) {unknown}; known: {', '.join(self.names())}")
+
     def names(self) -> list[str]:
         return sorted(self._entries)
 

@@ -52,11 +52,7 @@ class DistillLossConfig(StrictConfig):
     @field_validator("relations")
     @classmethod
     def _relations_known(cls, v: dict[str, float]) -> dict[str, float]:
-        unknown = [k for k in v if k not in SOFT_LOSSES]
-        if unknown:
-            raise ValueError(
-                f"unknown soft loss(es) {unknown}; known: {', '.join(SOFT_LOSSES.names())}"
-            )
+        SOFT_LOSSES.check_known(v)
         return v
 
     @field_validator("soft")

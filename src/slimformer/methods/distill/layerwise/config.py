@@ -38,11 +38,7 @@ class IntermediateConfig(StrictConfig):
     @field_validator("terms")
     @classmethod
     def _known_terms(cls, v: dict[str, ScheduledValue]) -> dict[str, ScheduledValue]:
-        unknown = [k for k in v if k not in LAYER_LOSSES]
-        if unknown:
-            raise ValueError(
-                f"unknown layer-wise term(s) {unknown}; known: {', '.join(LAYER_LOSSES.names())}"
-            )
+        LAYER_LOSSES.check_known(v)
         for name, weight in v.items():
             if bounds(weight)[0] < 0:
                 raise ValueError(f"weight of {name} must be >= 0, got {weight}")

@@ -30,7 +30,7 @@ class LayerLoss:
     fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-LAYER_LOSSES: Registry[LayerLoss] = Registry("layer-wise loss")
+LAYER_LOSSES: Registry[LayerLoss] = Registry("layer-wise term")
 
 
 def masked_mean(per_position: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
