@@ -95,3 +95,21 @@ def sst2_recipe(teacher: Path, data: dict[str, Path], **stage) -> dict:
         "stages": [{"distill": distill}],
         "report": {"repeats": 2, "batch_sizes": [1, 4], "seq_len": 16},
     }
+
+
+def train_crashing_after(steps: int):
+    """``train`` that raises KeyboardInterrupt after ``steps`` optimizer steps (a Ctrl-C)."""
+    import slimformer.train.loop as loop
+
+    real_train = loop.train
+    calls = {"n": 0}
+
+    def crashing(*args, **kwargs):
+        def on_step():
+            calls["n"] += 1
+            if calls["n"] == steps:
+                raise KeyboardInterrupt
+
+        return real_train(*args, **{**kwargs, "on_step": on_step})
+
+    return crashing

@@ -244,7 +244,7 @@ def test_layerwise_resume_restores_projections(
     import slimformer.pipeline.stages as stages
     import slimformer.train.loop as loop
     from slimformer.api import run
-    from tests.conftest import sst2_recipe
+    from tests.conftest import sst2_recipe, train_crashing_after
 
     tree = sst2_recipe(
         tiny_teacher,
@@ -257,15 +257,7 @@ def test_layerwise_resume_restores_projections(
     straight = run(tree, tmp_path / "straight", cache_dir=str(cache_dir))
 
     real_train = loop.train
-    calls = {"n": 0}
-
-    def crash_after_7_steps(*args, **kwargs):
-        def on_step():
-            calls["n"] += 1
-            if calls["n"] == 7:
-                raise KeyboardInterrupt
-
-        return real_train(*args, **{**kwargs, "on_step": on_step})
+    crash_after_7_steps = train_crashing_after(7)
 
     monkeypatch.setattr(stages, "train", crash_after_7_steps)
     out = tmp_path / "resumed"

@@ -9,7 +9,7 @@ from transformers import AutoModelForSequenceClassification, pipeline
 
 from slimformer.pipeline.recipe import parse_recipe
 from slimformer.pipeline.runner import run_recipe, work_dir_of
-from tests.conftest import sst2_recipe
+from tests.conftest import sst2_recipe, train_crashing_after
 
 REPORT_KEYS = {"metrics", "params", "size_mb", "latency_ms"}
 
@@ -57,15 +57,7 @@ def test_resume_after_interruption_matches_uninterrupted(
     import slimformer.train.loop as loop
 
     real_train = loop.train
-    calls = {"n": 0}
-
-    def crash_after_23_steps(*args, **kwargs):
-        def on_step():
-            calls["n"] += 1
-            if calls["n"] == 23:
-                raise KeyboardInterrupt
-
-        return real_train(*args, **{**kwargs, "on_step": on_step})
+    crash_after_23_steps = train_crashing_after(23)
 
     import slimformer.pipeline.stages as stages
 
