@@ -139,6 +139,8 @@ class RunContext:
         """Label maps for a model fine-tuned from a backbone (no teacher to copy them from)."""
         if self.label_names is None:
             return {}
+        if self.label_names == REGRESSION:
+            return {"num_labels": 1, "problem_type": "regression"}
         names = self.label_names
         return {
             "num_labels": len(names),
@@ -147,8 +149,33 @@ class RunContext:
         }
 
 
-def _labels_from_data(values: list) -> list[str]:
+REGRESSION: list[str] = []  # label_names of a regression model: one output, no classes
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _labels_from_data(values: list, problem_type: str | None = None) -> list[str]:
+    """Class names in id order, or ``REGRESSION`` for numeric targets that are not all whole
+    numbers (e.g. STS-B's 0-5 scores) or when the recipe says ``problem_type: regression``."""
     uniq = sorted({str(v).strip() for v in values})
+    if problem_type == "regression" or (
+        problem_type is None
+        and all(_is_number(u) for u in uniq)
+        and any(not float(u).is_integer() for u in uniq)
+    ):
+        if not all(_is_number(u) for u in uniq):
+            bad = next(u for u in uniq if not _is_number(u))
+            raise RecipeError(
+                f"problem_type is regression but the label {bad!r} is not a number; fix the "
+                f"data or data.label_column."
+            )
+        return REGRESSION
     if all(u.lstrip("-").isdigit() for u in uniq):
         ids = sorted(int(u) for u in uniq)
         if ids == list(range(len(ids))):
@@ -162,9 +189,10 @@ class _LabelConfig:
     """Minimal config carrying label maps, for validating data before a backbone is loaded."""
 
     def __init__(self, names: list[str]) -> None:
-        self.id2label = dict(enumerate(names))
-        self.num_labels = len(names)
-        self.problem_type = None
+        regression = names == REGRESSION
+        self.id2label = {0: "LABEL_0"} if regression else dict(enumerate(names))
+        self.num_labels = 1 if regression else len(names)
+        self.problem_type = "regression" if regression else None
 
 
 def build_context(recipe: Recipe, cache_dir: str | None = None) -> RunContext:
@@ -190,7 +218,7 @@ def build_context(recipe: Recipe, cache_dir: str | None = None) -> RunContext:
     if label_config is None and labeled:
         if task.name == "token-classification":  # one tag per token: every tag in the data
             raw_labels = [tag for tags in raw_labels for tag in tags]
-        label_names = recipe.labels or _labels_from_data(raw_labels)
+        label_names = recipe.labels or _labels_from_data(raw_labels, recipe.problem_type)
         label_config = _LabelConfig(label_names)
     if labeled and label_config is not None:
         _check_label_count(label_config, recipe)

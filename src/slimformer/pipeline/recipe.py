@@ -192,6 +192,11 @@ class Recipe(StrictConfig):
     student: StudentConfig = StudentConfig()
     data: DataConfig
     labels: list[str] | None = Field(None, description="label names in id order (finetune)")
+    problem_type: Literal["classification", "regression"] | None = Field(
+        None,
+        description="finetune from a backbone: default read from the data (numbers that are "
+        "not all whole, e.g. STS-B scores, mean regression)",
+    )
     stages: list[StageEntry] = Field(min_length=1)
     report: ReportConfig = ReportConfig()
     cache_dir: str | None = Field(
