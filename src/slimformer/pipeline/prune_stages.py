@@ -27,7 +27,7 @@ from slimformer.models.loading import size_on_disk_mb
 from slimformer.models.prune import current_plan, drop_layers, prune_ffn, prune_heads
 from slimformer.pipeline.context import RunContext, teacher_eval_values
 from slimformer.pipeline.recipe import PruneStage, SparsifyStage
-from slimformer.pipeline.stages import STAGES, _summary, _train, trainable_model
+from slimformer.pipeline.stages import STAGES, _train, train_summary, trainable_model
 from slimformer.utils.atomic import atomic_dir, write_json_atomic
 
 log = logging.getLogger("slimformer")
@@ -113,7 +113,7 @@ def prune_stage(
             model, result = _recover(
                 ctx, cfg, model, loss_fn, it_dir / "recover", resume, f"prune {it}"
             )
-            info["recovery"] = _summary(result)
+            info["recovery"] = train_summary(result)
         out = it_dir / "model"
         _save(model, ctx, out)
         write_json_atomic(it_dir / DONE, info)
@@ -186,7 +186,7 @@ def sparsify_stage(
             model, result = _recover(
                 ctx, cfg, model, loss_fn, it_dir / "recover", resume, f"sparsify {it}"
             )
-            info["recovery"] = _summary(result)
+            info["recovery"] = train_summary(result)
         finally:
             for h in handles:
                 h.remove()

@@ -11,6 +11,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator, model_v
 
 from slimformer.config import StrictConfig
 from slimformer.data.config import DataConfig
+from slimformer.data.multitask import SamplingRule
 from slimformer.errors import RecipeError
 from slimformer.export.ort_quantize import QuantizeConfig
 from slimformer.methods.augment.config import AugmentConfig
@@ -183,14 +184,60 @@ class ReportConfig(StrictConfig):
     repeats: int = Field(10, gt=0)
 
 
-class Recipe(StrictConfig):
-    task: Literal["sequence-classification", "token-classification", "sentence-embedding"] = (
-        "sequence-classification"
+MULTI_TASK = "multi-task"
+MULTI_TASK_STAGES = ("distill", "finetune")
+# DistillStage settings a multi-task stage does not take (yet): each needs per-task design.
+MULTI_TASK_UNSUPPORTED = ("intermediate", "selection", "curriculum", "augment")
+
+
+class TaskEntry(StrictConfig):
+    """One task of a multi-task recipe: its kind, its teacher and its data."""
+
+    task: Literal["sequence-classification", "token-classification"]
+    teacher: TeacherConfig
+    data: DataConfig
+    metric: str | None = Field(
+        None,
+        description="the metric kept for this task (default: accuracy; f1 for token "
+        "classification; spearman for regression), e.g. mcc for CoLA",
     )
+    weight: float = Field(1.0, gt=0, description="weight of this task's loss")
+
+    @model_validator(mode="after")
+    def _one_teacher(self) -> "TaskEntry":
+        if self.teacher.also:
+            raise ValueError("a multi-task entry takes one teacher (teacher.also is not supported)")
+        return self
+
+
+class MultiTaskConfig(StrictConfig):
+    """How a multi-task recipe mixes its tasks and builds the shared student."""
+
+    sampling: SamplingRule = Field(
+        "temperature",
+        description="which task the next batch comes from: proportional (to its rows), "
+        "temperature (rows ** 1/T), round-robin",
+    )
+    temperature: float = Field(2.0, gt=0, description="for sampling: temperature")
+    encoder_from: str | None = Field(
+        None,
+        description="task whose teacher the student's encoder layers are copied from "
+        "(default: the first task); each head starts from its own teacher's head",
+    )
+
+
+class Recipe(StrictConfig):
+    task: Literal[
+        "sequence-classification", "token-classification", "sentence-embedding", "multi-task"
+    ] = "sequence-classification"
     seed: int = 0
     teacher: TeacherConfig | None = None
     student: StudentConfig = StudentConfig()
-    data: DataConfig
+    data: DataConfig | None = Field(None, description="the data (per task in tasks: instead)")
+    tasks: dict[str, TaskEntry] | None = Field(
+        None, description="multi-task: one entry (kind, teacher, data) per task"
+    )
+    multitask: MultiTaskConfig = MultiTaskConfig()
     labels: list[str] | None = Field(None, description="label names in id order (finetune)")
     problem_type: Literal["classification", "regression"] | None = Field(
         None,
@@ -205,11 +252,48 @@ class Recipe(StrictConfig):
 
     @model_validator(mode="after")
     def _teacher_when_distilling(self) -> "Recipe":
+        if self.task == MULTI_TASK or self.tasks is not None:
+            return self._check_multitask()
+        if self.data is None:
+            raise ValueError("add a `data:` section (data.train at least)")
         for s in self.stages:
             if self.teacher is None and s.kind in ("distill", "prune", "sparsify"):
                 raise ValueError(f"a {s.kind} stage needs a teacher: add `teacher: {{model: ...}}`")
         if self.teacher is None and self.student.model is None:
             raise ValueError("without a teacher, set student.model to the model to fine-tune")
+        return self
+
+    def _check_multitask(self) -> "Recipe":
+        where = "put each task's teacher and data under tasks.NAME"
+        if self.task != MULTI_TASK:
+            raise ValueError(f"`tasks:` is for `task: {MULTI_TASK}` recipes")
+        if not self.tasks or len(self.tasks) < 2:
+            raise ValueError(f"a {MULTI_TASK} recipe needs `tasks:` with two or more entries")
+        if self.teacher is not None or self.data is not None:
+            raise ValueError(f"a {MULTI_TASK} recipe has no top-level teacher/data: {where}")
+        if self.student.model is not None:
+            raise ValueError(
+                f"a {MULTI_TASK} student is built from the teachers: use student.layers "
+                f"(or width settings), not student.model"
+            )
+        source = self.multitask.encoder_from
+        if source is not None and source not in self.tasks:
+            raise ValueError(
+                f"multitask.encoder_from {source!r} is not a task; tasks: {', '.join(self.tasks)}"
+            )
+        for i, s in enumerate(self.stages):
+            if s.kind not in MULTI_TASK_STAGES:
+                raise ValueError(
+                    f"stage {i} ({s.kind}): {MULTI_TASK} recipes take "
+                    f"{' and '.join(MULTI_TASK_STAGES)} stages; export each task with "
+                    f"`slimformer export-task` and compress it with a single-task recipe"
+                )
+            used = [k for k in MULTI_TASK_UNSUPPORTED if getattr(s.config, k, None) is not None]
+            if used or getattr(s.config, "rows", "all") != "all":
+                raise ValueError(
+                    f"stage {i} ({s.kind}): {', '.join(used) or 'rows'} is not supported in "
+                    f"{MULTI_TASK} recipes yet"
+                )
         return self
 
 

@@ -22,7 +22,10 @@ from slimformer.eval.predict import labels_of
 from slimformer.eval.variants import load_variant, torch_variant
 from slimformer.pipeline import prune_stages  # noqa: F401  (registers prune, sparsify)
 from slimformer.pipeline.context import RunContext, build_context, teacher_eval_values
-from slimformer.pipeline.recipe import Recipe, dump_recipe
+from slimformer.pipeline.multitask.context import build_multitask_context
+from slimformer.pipeline.multitask.report import multitask_report
+from slimformer.pipeline.multitask.stages import MULTITASK_STAGES
+from slimformer.pipeline.recipe import MULTI_TASK, Recipe, dump_recipe
 from slimformer.pipeline.report import build_report
 from slimformer.pipeline.stages import STAGES
 from slimformer.reporting.html import run_report_html
@@ -63,7 +66,15 @@ def run_recipe(
 ) -> dict:
     output = Path(output)
     work = check_output(output, resume, overwrite)
-    ctx = build_context(recipe, cache_dir)  # all input checks happen here, before training
+    # all input checks happen here, before training
+    if recipe.task == MULTI_TASK:
+        ctx, stages, report_of = (
+            build_multitask_context(recipe, cache_dir),
+            MULTITASK_STAGES,
+            multitask_report,
+        )
+    else:
+        ctx, stages, report_of = build_context(recipe, cache_dir), STAGES, final_report
     work.mkdir(parents=True, exist_ok=True)
     write_text_atomic(work / "recipe.yaml", dump_recipe(recipe))
 
@@ -76,7 +87,7 @@ def run_recipe(
             log.info("stage %d (%s) already finished; skipping", i, entry.kind)
         else:
             log.info("stage %d: %s", i, entry.kind)
-            run_stage = STAGES.get(entry.kind)
+            run_stage = stages.get(entry.kind)
             out_dir, info = run_stage(ctx, entry.config, model_dir, stage_dir, resume)
             info = {
                 "stage": i,
@@ -88,7 +99,7 @@ def run_recipe(
         model_dir = work / info["model_dir"]
         summaries.append(info)
 
-    report = final_report(ctx, model_dir, summaries)
+    report = report_of(ctx, model_dir, summaries)
     final_model = work / "model"
     shutil.rmtree(final_model, ignore_errors=True)
     shutil.copytree(model_dir, final_model)

@@ -50,11 +50,11 @@ def trainable_model(ctx: RunContext, model_dir: Path | None) -> PreTrainedModel:
     return ctx.task.load_model(str(model_dir))
 
 
-def _train_config(cfg: TrainConfig) -> TrainConfig:
+def train_config_of(cfg: TrainConfig) -> TrainConfig:
     return TrainConfig(**{k: getattr(cfg, k) for k in TrainConfig.model_fields})
 
 
-def _summary(result: TrainResult) -> dict:
+def train_summary(result: TrainResult) -> dict:
     return {
         "steps": result.steps,
         "epoch_seconds": [round(s, 2) for s in result.epoch_seconds],
@@ -90,7 +90,7 @@ def _train(
         ctx.train_ds if train_ds is None else train_ds,
         ctx.collate,
         loss_fn,
-        _train_config(cfg),
+        train_config_of(cfg),
         stage_dir,
         ctx.recipe.seed,
         evaluate=_eval_fn(ctx, reference),
@@ -175,7 +175,7 @@ def distill_stage(
         targets.cached_examples,
     )
     return result.model_dir, {
-        **_summary(result),
+        **train_summary(result),
         "teacher_forward_examples": targets.teacher_examples,
         "cached_examples": targets.cached_examples,
         "cache_dir": str(targets.cache.dir),
@@ -197,7 +197,7 @@ def finetune_stage(
     result = _train(
         ctx, cfg, model, loss_fn, stage_dir, resume, None, _finetune_metric(ctx, model), "finetune"
     )
-    return result.model_dir, _summary(result)
+    return result.model_dir, train_summary(result)
 
 
 def _finetune_metric(ctx: RunContext, model: PreTrainedModel) -> str:

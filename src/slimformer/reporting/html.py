@@ -103,7 +103,7 @@ def run_report_html(report: dict, recipe_text: str | None = None) -> str:
     """The HTML page of a run folder's report.json (teacher vs student, curves, recipe)."""
     metric = next(iter((report.get("student") or {}).get("metrics") or {"metric": 0}))
     rows = []
-    for role in ("teacher", "student"):
+    for role in ("teacher", "student", "single_task_students"):  # the last: multi-task runs
         entry = report.get(role)
         if not entry:
             continue
