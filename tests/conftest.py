@@ -66,6 +66,47 @@ def sst2_slice(tmp_path_factory) -> dict[str, Path]:
     return out
 
 
+CONLL = SHARED / "data" / "conll2003"
+TAGS = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC"]
+
+
+def _slice(src: Path, dst: Path, sentences: int) -> Path:
+    out, seen = [], 0
+    for line in src.read_text(encoding="utf-8").splitlines(True):
+        out.append(line)
+        if not line.strip():
+            seen += 1
+            if seen > sentences:
+                break
+    dst.write_text("".join(out), encoding="utf-8")
+    return dst
+
+
+@pytest.fixture(scope="session")
+def conll_slice(tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("conll")
+    return {
+        "train": _slice(CONLL / "train.txt", folder / "train.txt", 160),
+        "dev": _slice(CONLL / "valid.txt", folder / "valid.txt", 48),
+    }
+
+
+@pytest.fixture(scope="session")
+def tiny_ner_teacher(tmp_path_factory, tokenizer) -> Path:
+    from transformers import BertForTokenClassification
+
+    torch.manual_seed(0)
+    config = tiny_config(
+        num_labels=len(TAGS),
+        id2label=dict(enumerate(TAGS)),
+        label2id={t: i for i, t in enumerate(TAGS)},
+    )
+    folder = tmp_path_factory.mktemp("tiny_ner")
+    BertForTokenClassification(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
 @pytest.fixture
 def cache_dir(tmp_path) -> Path:
     return tmp_path / "cache"

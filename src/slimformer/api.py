@@ -187,6 +187,14 @@ def export(
     return run(recipe, output, **kw)
 
 
+def export_task(model: str | Path, task: str, output: str | Path) -> Path:
+    """One task of a multi-task model folder as a standard ``transformers`` folder (encoder +
+    that task's head + tokenizer) that ``AutoModelFor*`` and ``pipeline()`` load."""
+    from slimformer.models.multitask import export_task as _export
+
+    return _export(model, task, output)
+
+
 def quantize(
     model: str,
     data: str,

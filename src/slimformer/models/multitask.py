@@ -237,3 +237,18 @@ class TaskView:
     def __getattr__(self, attr: str):
         core = getattr(self.model, "module", self.model)
         return getattr(core.head(self.name), attr)
+
+
+def export_task(folder: str | Path, name: str, output: str | Path) -> Path:
+    """Write task ``name`` of a multi-task folder as a standard ``transformers`` folder (encoder
+    + that head, and the tokenizer), atomically."""
+    from transformers import AutoTokenizer
+
+    from slimformer.utils.atomic import atomic_dir
+
+    model = load_multitask(folder).standalone(name)
+    output = Path(output)
+    with atomic_dir(output) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        AutoTokenizer.from_pretrained(folder).save_pretrained(tmp)
+    return output

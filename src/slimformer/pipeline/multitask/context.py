@@ -80,8 +80,9 @@ class MultiTaskContext:
         the student keeps: ``retained_mean`` (the checkpoint choice) and ``retained_min``."""
         out, kept = {}, []
         for name, sub in self.tasks.items():
-            m = evaluate(TaskView(model, name), sub.task, sub.eval_ds, sub.collate,
-                         self.reference(name))
+            m = evaluate(
+                TaskView(model, name), sub.task, sub.eval_ds, sub.collate, self.reference(name)
+            )
             out.update({f"{name}/{k}": v for k, v in m.items()})
             teacher = self.teacher_metrics(name)[self.metrics[name]]
             if teacher > 0:

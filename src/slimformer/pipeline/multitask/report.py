@@ -80,8 +80,12 @@ def multitask_report(ctx: MultiTaskContext, model_dir: Path, stages: list[dict])
             "metrics": kept("teacher"),
             "params": sum(count_params(m) for m in teachers.values()),
             "size_mb": round(
-                sum(size_on_disk_mb(Path(sub.teacher_ref)) for sub in ctx.tasks.values()
-                    if Path(sub.teacher_ref).is_dir()), 3
+                sum(
+                    size_on_disk_mb(Path(sub.teacher_ref))
+                    for sub in ctx.tasks.values()
+                    if Path(sub.teacher_ref).is_dir()
+                ),
+                3,
             ),
             "latency_ms": teacher_latency,
             "latency_ms_per_task": {n: latency[f"teacher/{n}"] for n in teachers},
