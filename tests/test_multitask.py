@@ -14,7 +14,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import BertForSequenceClassification, PreTrainedTokenizerFast
 
 from slimformer.data.multitask import MultiTaskBatchSampler, task_probabilities
-from slimformer.errors import RecipeError
+from slimformer.errors import ModelError, RecipeError
 from slimformer.pipeline.recipe import parse_recipe
 from tests.conftest import SHARED, tiny_config, train_crashing_after
 
@@ -185,6 +185,7 @@ def test_multitask_distillation_end_to_end(three_tasks, tmp_path, cache_dir):
     )
 
     from slimformer.api import export_task, run
+    from slimformer.cli import main as cli_main
     from slimformer.models.multitask import load_multitask
 
     teachers, data = three_tasks
@@ -225,11 +226,16 @@ def test_multitask_distillation_end_to_end(three_tasks, tmp_path, cache_dir):
         torch.testing.assert_close(clf(**batch).logits, together["sst2"])
     labels = {p["label"] for p in pipeline("text-classification", model=str(out))(["fine"])}
     assert labels <= {"negative", "positive"}
-    ner_dir = export_task(run_dir / "model", "ner", tmp_path / "ner")
+    ner_dir = tmp_path / "ner"
+    assert (
+        cli_main(["export-task", str(run_dir / "model"), "--task", "ner", "-o", str(ner_dir)]) == 0
+    )
     assert AutoModelForTokenClassification.from_pretrained(ner_dir).config.num_labels == 9
     pipeline("token-classification", model=str(ner_dir))("Peter lives in Berlin")
-    with pytest.raises(Exception, match="No task 'mnli'"):
+    with pytest.raises(ModelError, match="No task 'mnli'"):
         export_task(run_dir / "model", "mnli", tmp_path / "x")
+    with pytest.raises(ModelError, match="not a multi-task model folder"):
+        export_task(ner_dir, "ner", tmp_path / "y")
 
 
 def test_multitask_resume_matches_an_uninterrupted_run(

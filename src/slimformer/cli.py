@@ -4,6 +4,7 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 
 from slimformer.errors import SlimformerError
 
@@ -30,6 +31,9 @@ EXAMPLES = {
     "serve": "example:\n  slimformer serve runs/student-optimized/model --port 8000\n"
     "  curl -s localhost:8000/predict -H 'content-type: application/json' "
     '-d \'{"texts": ["a gorgeous film"]}\'',
+    "export-task": "example:\n  slimformer export-task runs/glue-multitask/model --task cola "
+    "--output runs/cola-student\n"
+    "then: pipeline('text-classification', model='runs/cola-student')",
     "label": "example:\n  slimformer label --teacher ../shared/models/minilm-l6-sst2 "
     "--corpus ../shared/data/text/some.txt --output runs/labels --temperatures 1,2,4",
     "bench": "example:\n  slimformer bench ../shared/models/minilm-l6-sst2 runs/sst2-kd "
@@ -172,6 +176,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibration-data", help="data for static calibration (default: --data)")
     _data_flags(p, train=False)
     _common_run_flags(p)
+
+    p = sub.add_parser(
+        "export-task",
+        help="one task of a multi-task model as a standard transformers folder",
+        epilog=EXAMPLES["export-task"],
+        formatter_class=fmt,
+    )
+    p.add_argument("model", help="multi-task model folder (a multi-task run's model/)")
+    p.add_argument("--task", required=True, help="task name from the recipe's tasks:")
+    p.add_argument("--output", "-o", required=True)
 
     p = sub.add_parser(
         "label",
@@ -339,6 +353,11 @@ def dispatch(args: argparse.Namespace) -> dict:
             **data_kw,
             **run_kw,
         )
+    if args.verb == "export-task":
+        if Path(args.output).exists():
+            raise SlimformerError(f"Output folder {args.output} already exists; choose another.")
+        out = api.export_task(args.model, args.task, args.output)
+        return {"model": str(out), "task": args.task}
     if args.verb == "label":
         from slimformer.pipeline.label import label_corpus
 
@@ -423,7 +442,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; continue with the same command and --resume", file=sys.stderr)
         return 130
-    if args.verb == "label":
+    if args.verb in ("label", "export-task"):
         print(json.dumps(report, indent=2))
     elif report and args.verb != "bench":  # bench prints its own table
         print(_summary(report))
