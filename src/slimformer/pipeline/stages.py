@@ -77,7 +77,8 @@ def _train(
     train_ds=None,
     batch_sampler=None,
 ) -> TrainResult:
-    """The shared loop call of the training stages (evaluated on the eval set, best kept)."""
+    """The shared loop call of the training stages (evaluated on the eval set, best kept by
+    ``cfg.best_metric`` or else ``primary_metric``)."""
     if cfg.freeze_encoder:
         counts = freeze_encoder(model)
         log.info(
@@ -94,7 +95,7 @@ def _train(
         stage_dir,
         ctx.recipe.seed,
         evaluate=_eval_fn(ctx, reference),
-        primary_metric=primary_metric,
+        primary_metric=cfg.best_metric or primary_metric,
         resume=resume,
         tokenizer=ctx.tokenizer,
         desc=desc,

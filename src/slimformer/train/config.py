@@ -21,6 +21,11 @@ class TrainConfig(StrictConfig):
     eval_every: int | None = Field(None, gt=0, description="steps; default: end of each epoch")
     save_every: int = Field(200, gt=0, description="checkpoint every N optimizer steps")
     log_every: int = Field(20, gt=0)
+    best_metric: str | None = Field(
+        None,
+        description="eval metric that picks the kept checkpoint (higher is better), e.g. mcc; "
+        "default: the task's (accuracy, f1, spearman for regression, retained_mean multi-task)",
+    )
     freeze_encoder: bool = Field(
         False, description="train only the task head (embeddings and blocks frozen)"
     )

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, get_linear_schedule_with_warmup
 
 from slimformer.data.batching import LengthGroupedBatchSampler
+from slimformer.errors import RecipeError
 from slimformer.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from slimformer.train.config import TrainConfig
 from slimformer.utils.atomic import atomic_dir
@@ -138,7 +139,12 @@ def train(
         record = {"step": state["step"], **metrics}
         state["evals"].append(record)
         accelerator.log({f"eval/{k}": v for k, v in metrics.items()}, step=state["step"])
-        score = metrics.get(primary_metric, float("-inf"))
+        if primary_metric not in metrics:
+            raise RecipeError(
+                f"best_metric {primary_metric!r} is not among the eval metrics "
+                f"({', '.join(metrics)}); set best_metric to one of them."
+            )
+        score = metrics[primary_metric]
         if state["best"] is None or score > state["best"][primary_metric]:
             state["best"] = record
             _save_model(accelerator, model, out_dir / "best", tokenizer)

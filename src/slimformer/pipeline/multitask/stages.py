@@ -56,7 +56,7 @@ def _train_mixed(ctx, cfg, model, losses, stage_dir, resume, kind, targets) -> t
         stage_dir,
         ctx.recipe.seed,
         evaluate=ctx.evaluate,
-        primary_metric="retained_mean",
+        primary_metric=cfg.best_metric or "retained_mean",
         resume=resume,
         tokenizer=ctx.tokenizer,
         desc=f"multi-task {kind}",
