@@ -261,3 +261,15 @@ def test_multitask_resume_matches_an_uninterrupted_run(
     assert json.dumps(full["tasks"]["sst2"]["student"]["metrics"]) == json.dumps(
         resumed["tasks"]["sst2"]["student"]["metrics"]
     )
+
+
+def test_regression_targets_are_read_from_the_data():
+    from slimformer.pipeline.context import REGRESSION, _LabelConfig, _labels_from_data
+
+    assert _labels_from_data(["5.000", "3.800", "0.000"]) == REGRESSION  # STS-B scores
+    assert _labels_from_data(["1", "0", "1"]) == ["0", "1"]  # whole numbers: classes
+    assert _labels_from_data(["1", "2", "1"], "regression") == REGRESSION
+    with pytest.raises(RecipeError, match="'good' is not a number"):
+        _labels_from_data(["good", "1.5"], "regression")
+    config = _LabelConfig(REGRESSION)
+    assert (config.num_labels, config.problem_type) == (1, "regression")
