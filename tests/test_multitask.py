@@ -148,10 +148,6 @@ def test_recipe_checks_for_multitask(three_tasks):
     tree["stages"] = [{"export": {}}]
     with pytest.raises(RecipeError, match="export-task"):
         parse_recipe(tree)
-    tree = multitask_tree(teachers, data)
-    tree["multitask"]["encoder_from"] = "mnli"
-    with pytest.raises(RecipeError, match="not a task"):
-        parse_recipe(tree)
     tree = multitask_tree(teachers, data, intermediate={"terms": {"hidden_mse": 1.0}})
     with pytest.raises(RecipeError, match="intermediate is not supported"):
         parse_recipe(tree)
@@ -173,6 +169,13 @@ def test_tasks_with_different_tokenizers_are_refused(three_tasks, tmp_path, cach
     teachers = {**teachers, "stsb": other}
     with pytest.raises(RecipeError, match="tasks.stsb and tasks.sst2 use different tokenizers"):
         run(multitask_tree(teachers, data), tmp_path / "run", cache_dir=str(cache_dir))
+    tree = multitask_tree(three_tasks[0], data)
+    tree["multitask"]["encoder_from"] = str(other)
+    with pytest.raises(RecipeError, match="encoder_from .* uses a different tokenizer"):
+        run(tree, tmp_path / "run", cache_dir=str(cache_dir))
+    tree["multitask"]["encoder_from"] = "./mnli"
+    with pytest.raises(RecipeError, match="neither a task"):
+        run(tree, tmp_path / "run", cache_dir=str(cache_dir))
     assert not (tmp_path / "run.incomplete" / "stages").exists()  # refused before training
 
 
@@ -247,6 +250,7 @@ def test_multitask_resume_matches_an_uninterrupted_run(
 
     teachers, data = three_tasks
     tree = multitask_tree(teachers, data, save_every=3)
+    tree["multitask"]["encoder_from"] = str(teachers["ner"])  # a model, not a task name
     full = run(tree, tmp_path / "full", cache_dir=str(cache_dir))
     with monkeypatch.context() as m:
         m.setattr(mt_stages, "train", train_crashing_after(5))
@@ -254,6 +258,7 @@ def test_multitask_resume_matches_an_uninterrupted_run(
             run(tree, tmp_path / "resumed", cache_dir=str(cache_dir))
     resumed = run(tree, tmp_path / "resumed", cache_dir=str(cache_dir), resume=True)
     assert resumed["stages"][0]["resumed_from_step"] == 3
+    assert resumed["student"]["init"]["encoder_from"] == str(teachers["ner"])
     a = load_multitask(tmp_path / "full" / "model").state_dict()
     b = load_multitask(tmp_path / "resumed" / "model").state_dict()
     for key in a:

@@ -221,8 +221,10 @@ class MultiTaskConfig(StrictConfig):
     temperature: float = Field(2.0, gt=0, description="for sampling: temperature")
     encoder_from: str | None = Field(
         None,
-        description="task whose teacher the student's encoder layers are copied from "
-        "(default: the first task); each head starts from its own teacher's head",
+        description="where the student's encoder layers are copied from: a task name (its "
+        "teacher) or a model with the teachers' tokenizer, e.g. the backbone they were "
+        "fine-tuned from (default: the first task's teacher); each head starts from its own "
+        "teacher's head",
     )
 
 
@@ -275,11 +277,6 @@ class Recipe(StrictConfig):
             raise ValueError(
                 f"a {MULTI_TASK} student is built from the teachers: use student.layers "
                 f"(or width settings), not student.model"
-            )
-        source = self.multitask.encoder_from
-        if source is not None and source not in self.tasks:
-            raise ValueError(
-                f"multitask.encoder_from {source!r} is not a task; tasks: {', '.join(self.tasks)}"
             )
         for i, s in enumerate(self.stages):
             if s.kind not in MULTI_TASK_STAGES:

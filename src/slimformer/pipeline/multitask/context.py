@@ -5,6 +5,7 @@ import logging
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 
 from slimformer.errors import ModelError, RecipeError
 from slimformer.eval.predict import evaluate, labels_of
@@ -15,6 +16,7 @@ from slimformer.models.loading import (
     load_tokenizer,
 )
 from slimformer.models.multitask import MultiTaskModel, TaskView, build_multitask
+from slimformer.models.student import derive_student
 from slimformer.pipeline.context import RunContext, build_context, teacher_eval_values
 from slimformer.pipeline.recipe import Recipe
 from slimformer.tasks.sequence_classification import is_regression
@@ -39,14 +41,23 @@ class MultiTaskContext:
     _references: dict = field(default_factory=dict)
 
     @property
-    def source_task(self) -> str:
+    def encoder_source(self) -> str:
         return self.recipe.multitask.encoder_from or next(iter(self.tasks))
 
     def initial_student(self) -> MultiTaskModel:
-        """Encoder layers copied from one teacher (as a single-task student would be), one head
-        per task copied from that task's teacher."""
-        source = self.tasks[self.source_task]
-        encoder_model = source.initial_student()
+        """Encoder layers copied from one teacher, or from a model such as the teachers'
+        common backbone (as a single-task student's would be); one head per task copied from
+        that task's teacher."""
+        first = next(iter(self.tasks.values()))
+        source = self.tasks.get(self.encoder_source)
+        if source is not None:
+            encoder_model = source.initial_student()
+            info = dict(source.student_info)
+        else:  # a model reference: copy its layers like a teacher's
+            with torch.random.fork_rng():  # weights the model lacks start seeded
+                torch.manual_seed(self.recipe.seed)
+                backbone = first.task.load_model(check_model_ref(self.encoder_source))
+                encoder_model, info = derive_student(backbone, self.recipe.student)
         crf = tuple(
             n
             for n, sub in self.tasks.items()
@@ -59,8 +70,8 @@ class MultiTaskContext:
             crf,
         )
         self.student_info = {
-            **source.student_info,
-            "encoder_from": self.source_task,
+            **info,
+            "encoder_from": self.encoder_source,
             **({"crf": list(crf)} if crf else {}),
         }
         return model
@@ -93,10 +104,27 @@ class MultiTaskContext:
 
 
 def _check_tokenizers(recipe: Recipe) -> object:
-    """One student encoder reads every task's text: every teacher must split text alike."""
+    """One student encoder reads every task's text: every teacher (and a model the encoder is
+    copied from) must split text alike."""
     names = list(recipe.tasks)
     refs = {n: check_model_ref(recipe.tasks[n].teacher.model) for n in names}
     first = load_tokenizer(refs[names[0]])
+    source = recipe.multitask.encoder_from
+    if source is not None and source not in recipe.tasks:
+        try:
+            ref = check_model_ref(source)
+        except ModelError as e:
+            raise RecipeError(
+                f"multitask.encoder_from {source!r} is neither a task ({', '.join(names)}) nor "
+                f"a model: {e}"
+            ) from None
+        try:
+            check_same_tokenizer(first, load_tokenizer(ref), ref)
+        except ModelError:
+            raise RecipeError(
+                f"multitask.encoder_from {source!r} uses a different tokenizer from the "
+                f"teachers; copy the encoder from a model with their tokenizer."
+            ) from None
     for name in names[1:]:
         try:
             check_same_tokenizer(first, load_tokenizer(refs[name]), refs[name])
