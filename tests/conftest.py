@@ -54,16 +54,20 @@ def tiny_teacher(tmp_path_factory, tokenizer) -> Path:
     return folder
 
 
-@pytest.fixture(scope="session")
-def sst2_slice(tmp_path_factory) -> dict[str, Path]:
-    """First rows of the real SST-2 files (train 256, dev 64), in the original format."""
-    folder = tmp_path_factory.mktemp("sst2")
+def tsv_slices(source: Path, folder: Path, rows: dict[str, int]) -> dict[str, Path]:
+    """The header and first ``rows[name]`` rows of ``source/NAME.tsv``, in the original format."""
     out = {}
-    for name, n in (("train", 256), ("dev", 64)):
-        lines = (SST2 / f"{name}.tsv").read_text(encoding="utf-8").splitlines(True)[: n + 1]
+    for name, n in rows.items():
+        lines = (source / f"{name}.tsv").read_text(encoding="utf-8").splitlines(True)[: n + 1]
         (folder / f"{name}.tsv").write_text("".join(lines), encoding="utf-8")
         out[name] = folder / f"{name}.tsv"
     return out
+
+
+@pytest.fixture(scope="session")
+def sst2_slice(tmp_path_factory) -> dict[str, Path]:
+    """First rows of the real SST-2 files (train 256, dev 64), in the original format."""
+    return tsv_slices(SST2, tmp_path_factory.mktemp("sst2"), {"train": 256, "dev": 64})
 
 
 CONLL = SHARED / "data" / "conll2003"

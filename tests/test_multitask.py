@@ -16,20 +16,14 @@ from transformers import BertForSequenceClassification, PreTrainedTokenizerFast
 from slimformer.data.multitask import MultiTaskBatchSampler, task_probabilities
 from slimformer.errors import ModelError, RecipeError
 from slimformer.pipeline.recipe import parse_recipe
-from tests.conftest import SHARED, tiny_config, train_crashing_after
+from tests.conftest import SHARED, tiny_config, train_crashing_after, tsv_slices
 
 STSB = SHARED / "data" / "stsb"
 
 
 @pytest.fixture(scope="session")
 def stsb_slice(tmp_path_factory) -> dict[str, Path]:
-    folder = tmp_path_factory.mktemp("stsb")
-    out = {}
-    for name, n in (("train", 128), ("dev", 48)):
-        lines = (STSB / f"{name}.tsv").read_text(encoding="utf-8").splitlines(True)[: n + 1]
-        (folder / f"{name}.tsv").write_text("".join(lines), encoding="utf-8")
-        out[name] = folder / f"{name}.tsv"
-    return out
+    return tsv_slices(STSB, tmp_path_factory.mktemp("stsb"), {"train": 128, "dev": 48})
 
 
 @pytest.fixture(scope="session")
@@ -278,3 +272,22 @@ def test_regression_targets_are_read_from_the_data():
         _labels_from_data(["good", "1.5"], "regression")
     config = _LabelConfig(REGRESSION)
     assert (config.num_labels, config.problem_type) == (1, "regression")
+
+
+def test_a_metric_a_task_cannot_keep_is_refused_before_training(three_tasks, tmp_path, cache_dir):
+    from slimformer.api import run
+
+    tree = multitask_tree(*three_tasks)
+    tree["tasks"]["stsb"]["metric"] = "mse"  # lower is better: not a metric to keep
+    with pytest.raises(RecipeError, match="tasks.stsb.metric 'mse' is not a regression metric"):
+        run(tree, tmp_path / "run", cache_dir=str(cache_dir))
+    assert not (tmp_path / "run.incomplete" / "stages").exists()
+
+
+def test_unknown_best_metric_names_the_metrics_there_are(tiny_teacher, sst2_slice, tmp_path):
+    from slimformer.api import run
+    from tests.conftest import sst2_recipe
+
+    tree = sst2_recipe(tiny_teacher, sst2_slice, best_metric="acuracy", max_steps=2)
+    with pytest.raises(RecipeError, match="best_metric 'acuracy' is not among .*accuracy"):
+        run(tree, tmp_path / "run", cache_dir=str(tmp_path / "cache"))

@@ -39,6 +39,7 @@ class MultiTaskContext:
     tokenizer: object
     student_info: dict = field(default_factory=dict)
     _references: dict = field(default_factory=dict)
+    _teacher_metrics: dict = field(default_factory=dict)
 
     @property
     def encoder_source(self) -> str:
@@ -83,8 +84,11 @@ class MultiTaskContext:
         return self._references[name]
 
     def teacher_metrics(self, name: str) -> dict[str, float]:
-        sub, ref = self.tasks[name], self.reference(name)
-        return sub.task.metrics(ref, labels_of(sub.eval_ds), ref)
+        """Computed once per task (every evaluation compares against them)."""
+        if name not in self._teacher_metrics:
+            sub, ref = self.tasks[name], self.reference(name)
+            self._teacher_metrics[name] = sub.task.metrics(ref, labels_of(sub.eval_ds), ref)
+        return self._teacher_metrics[name]
 
     def evaluate(self, model: MultiTaskModel) -> dict[str, float]:
         """Every task's metrics (``NAME/metric``), and the share of its teacher's kept metric
