@@ -22,7 +22,10 @@ class UnlabeledConfig(StrictConfig):
 
 
 class DataConfig(StrictConfig):
-    train: str = Field(description="file, hub dataset id, or corpus (embedding task)")
+    train: str | list[str] = Field(
+        description="file, hub dataset id, or corpus (embedding task); causal-lm: text files, "
+        "folders or globs (a list)"
+    )
     eval: str | None = Field(None, description="file or hub id; None = hold out from train")
     format: Format | str = "auto"
     train_split: str = "train"
@@ -44,4 +47,10 @@ class DataConfig(StrictConfig):
     max_train_examples: int | None = Field(None, gt=0)
     max_eval_examples: int | None = Field(None, gt=0)
     eval_pairs: int = Field(1000, gt=1, description="held-out sentence pairs (embedding task)")
+    eval_block_size: int | None = Field(
+        None, gt=1, description="causal-lm: perplexity window in tokens (default max_length)"
+    )
+    eval_max_tokens: int | None = Field(
+        None, gt=1, description="causal-lm: perplexity on the first N tokens of data.eval"
+    )
     unlabeled: UnlabeledConfig | None = None

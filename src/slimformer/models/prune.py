@@ -203,7 +203,13 @@ def shape_like_plan(model: PreTrainedModel, plan: dict[str, list[int]]) -> PreTr
 
 
 def load_pretrained(auto_class, ref: str, **kwargs) -> PreTrainedModel:
-    """``auto_class.from_pretrained``, except that a pruned folder gets its shapes first."""
+    """``auto_class.from_pretrained``, except that a pruned folder gets its shapes first
+    and a GGUF file loads de-quantized with its quantized flags cleared."""
+    from slimformer.models.gguf import clear_quantized_flags, is_gguf_ref, split_gguf
+
+    if is_gguf_ref(ref):
+        folder, extra = split_gguf(ref)
+        return clear_quantized_flags(auto_class.from_pretrained(folder, **extra, **kwargs))
     config = AutoConfig.from_pretrained(
         ref, trust_remote_code=kwargs.get("trust_remote_code", False)
     )

@@ -2,6 +2,7 @@
 a narrower random model of the same family, or an existing model folder."""
 
 import copy
+from typing import Literal
 
 from pydantic import Field, model_validator
 from transformers import PreTrainedModel
@@ -20,6 +21,13 @@ class StudentConfig(StrictConfig):
     hidden_size: int | None = Field(None, gt=0)
     num_heads: int | None = Field(None, gt=0)
     intermediate_size: int | None = Field(None, gt=0)
+    layer_selection: Literal["even", "block_influence", "angular"] = Field(
+        "even",
+        description="with layers: N, which teacher layers are kept: evenly spread, the N of "
+        "highest block influence (ShortGPT), or all but the contiguous run closest in angle "
+        "(Gromov et al.), both measured on the first selection_examples training rows",
+    )
+    selection_examples: int = Field(32, gt=0, description="rows used by layer_selection")
     model: str | None = Field(None, description="existing model folder or hub id")
     crf: bool = Field(False, description="token classification: add an IOB2-constrained CRF")
 
@@ -120,15 +128,18 @@ def narrower_random(teacher: PreTrainedModel, cfg: StudentConfig) -> PreTrainedM
     return type(teacher)(config)
 
 
-def derive_student(teacher: PreTrainedModel, cfg: StudentConfig) -> tuple[PreTrainedModel, dict]:
-    """Make the student from the teacher; returns it and a description for the report."""
+def derive_student(
+    teacher: PreTrainedModel, cfg: StudentConfig, keep: list[int] | None = None
+) -> tuple[PreTrainedModel, dict]:
+    """Make the student from the teacher; returns it and a description for the report.
+    ``keep``: the teacher layers to copy when already chosen (e.g. by block influence)."""
     width = any(v is not None for v in (cfg.hidden_size, cfg.num_heads, cfg.intermediate_size))
     if width:
         return narrower_random(teacher, cfg), {
             "init": "random",
             **cfg.model_dump(exclude_none=True),
         }
-    keep = resolve_layers(cfg, num_layers(teacher.config))
+    keep = keep or resolve_layers(cfg, num_layers(teacher.config))
     if keep is None:
         raise RecipeError(
             "student needs one of: layers, hidden_size/num_heads/intermediate_size, or model."

@@ -76,6 +76,8 @@ class RunContext:
         path = Path(ref)
         if path.is_dir():
             fp = fingerprint_files(weight_files(path) + [path / "config.json"])
+        elif path.is_file():  # a single-file model (GGUF)
+            fp = fingerprint_files([path])
         else:
             fp = fingerprint_arrays([v.numpy() for v in load().state_dict().values()])
         return fingerprint_arrays([], extra=fp + self.task.name)
@@ -127,13 +129,42 @@ class RunContext:
         if cfg.model is not None:
             student = self.task.load_model(check_model_ref(cfg.model), **self._label_kwargs())
         else:
+            keep, scores = self._ranked_layers()
             with torch.random.fork_rng():  # a random-init student depends on the seed only
                 torch.manual_seed(self.recipe.seed)
-                student, self.student_info = derive_student(self.load_teacher(), cfg)
+                student, self.student_info = derive_student(self.load_teacher(), cfg, keep)
+            if scores:
+                self.student_info.update(layer_selection=cfg.layer_selection, **scores)
         if cfg.crf and not has_crf(student):
             attach_crf(student)
             self.student_info["crf"] = True
         return student
+
+    def _ranked_layers(self) -> tuple[list[int] | None, dict]:
+        """Teacher layers kept by ``student.layer_selection`` (None: evenly spread)."""
+        from torch.utils.data import DataLoader
+
+        from slimformer.methods.prune import layer_ranking
+
+        cfg = self.recipe.student
+        if cfg.layer_selection == "even" or cfg.layers is None:
+            return None, {}
+        if not isinstance(cfg.layers, int):
+            raise RecipeError(
+                "student.layer_selection chooses the layers itself: give student.layers as a "
+                "number, or drop layer_selection to keep an explicit list."
+            )
+        rows = self.train_ds.select(range(min(cfg.selection_examples, len(self.train_ds))))
+        rows = rows.remove_columns([c for c in rows.column_names if c not in MODEL_INPUTS])
+        loader = DataLoader(rows, batch_size=4, collate_fn=self.collate)
+        cos = layer_ranking.layer_states_cosines(self.load_teacher(), loader)
+        pick = {
+            "block_influence": layer_ranking.keep_by_block_influence,
+            "angular": layer_ranking.keep_by_angular_distance,
+        }[cfg.layer_selection]
+        keep = pick(cos, cfg.layers)
+        log.info("student keeps teacher layers %s (%s)", keep, cfg.layer_selection)
+        return keep, layer_ranking.layer_scores(cos)
 
     def _label_kwargs(self) -> dict:
         """Label maps for a model fine-tuned from a backbone (no teacher to copy them from)."""

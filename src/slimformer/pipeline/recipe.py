@@ -85,6 +85,15 @@ class DistillStage(KDTrainStage):
     )
     selection: SelectionConfig | None = None
     curriculum: CurriculumConfig | None = None
+    teacher_logits: Literal["topk", "online"] = Field(
+        "topk",
+        description="causal-lm: the teacher's top-k log-probs cached on disk (one teacher pass "
+        "per block, reused by later epochs and runs), or the teacher run on every batch",
+    )
+    top_k: int = Field(64, gt=0, description="causal-lm, teacher_logits topk: tokens kept")
+    teacher_precision: Literal["fp32", "bf16"] = Field(
+        "fp32", description="causal-lm: the teacher's forward passes in fp32 or bf16 autocast"
+    )
 
 
 class FinetuneStage(TrainConfig):
@@ -178,12 +187,28 @@ class StageEntry(StrictConfig):
         return getattr(self, self.kind)
 
 
+class GenerationReportConfig(StrictConfig):
+    """causal-lm: greedy agreement with the teacher on held-out prompts, and generation speed."""
+
+    prompts: int = Field(16, gt=0, description="prompts cut from the starts of eval windows")
+    prompt_tokens: int = Field(32, gt=0)
+    agreement_tokens: int = Field(64, gt=0, description="greedy tokens compared per prompt")
+    speed_new_tokens: int = Field(128, gt=0, description="tokens generated when timing")
+    speed_batch_sizes: list[int] = Field([1, 8], min_length=1)
+    rounds: int = Field(3, gt=0, description="timing rounds (median)")
+
+
 class ReportConfig(StrictConfig):
     batch_sizes: list[int] = Field([1, 32], min_length=1)
     seq_len: int = Field(64, gt=0)
     repeats: int = Field(10, gt=0)
+    generation: GenerationReportConfig = GenerationReportConfig()
 
 
+# DistillStage settings a causal-lm stage does not take (yet).
+CAUSAL_LM_UNSUPPORTED = (
+    "intermediate", "selection", "curriculum", "augment", "temperatures", "relations"
+)
 MULTI_TASK = "multi-task"
 MULTI_TASK_STAGES = ("distill", "finetune")
 # DistillStage settings a multi-task stage does not take (yet): each needs per-task design.
@@ -230,7 +255,11 @@ class MultiTaskConfig(StrictConfig):
 
 class Recipe(StrictConfig):
     task: Literal[
-        "sequence-classification", "token-classification", "sentence-embedding", "multi-task"
+        "sequence-classification",
+        "token-classification",
+        "sentence-embedding",
+        "causal-lm",
+        "multi-task",
     ] = "sequence-classification"
     seed: int = 0
     teacher: TeacherConfig | None = None
@@ -258,12 +287,30 @@ class Recipe(StrictConfig):
             return self._check_multitask()
         if self.data is None:
             raise ValueError("add a `data:` section (data.train at least)")
+        if isinstance(self.data.train, list) and self.task != "causal-lm":
+            raise ValueError("data.train takes a list of text sources for task: causal-lm only")
+        if self.task == "causal-lm":
+            self._check_causal_lm()
         for s in self.stages:
             if self.teacher is None and s.kind in ("distill", "prune", "sparsify"):
                 raise ValueError(f"a {s.kind} stage needs a teacher: add `teacher: {{model: ...}}`")
         if self.teacher is None and self.student.model is None:
             raise ValueError("without a teacher, set student.model to the model to fine-tune")
         return self
+
+    def _check_causal_lm(self) -> None:
+        for i, s in enumerate(self.stages):
+            if s.kind not in ("distill", "finetune"):
+                raise ValueError(
+                    f"stage {i} ({s.kind}): causal-lm recipes take distill and finetune stages "
+                    f"(depth pruning: student.layers with student.layer_selection)"
+                )
+            used = [k for k in CAUSAL_LM_UNSUPPORTED if getattr(s.config, k, None)]
+            if used or getattr(s.config, "rows", "all") != "all":
+                raise ValueError(
+                    f"stage {i} ({s.kind}): {', '.join(used) or 'rows'} is not supported for "
+                    f"causal-lm yet"
+                )
 
     def _check_multitask(self) -> "Recipe":
         where = "put each task's teacher and data under tasks.NAME"

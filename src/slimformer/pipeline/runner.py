@@ -75,6 +75,10 @@ def run_recipe(
         )
     else:
         ctx, stages, report_of = build_context(recipe, cache_dir), STAGES, final_report
+        if recipe.task == "causal-lm":
+            from slimformer.pipeline.causal_lm_report import causal_lm_report
+
+            report_of = causal_lm_report
     work.mkdir(parents=True, exist_ok=True)
     write_text_atomic(work / "recipe.yaml", dump_recipe(recipe))
 

@@ -86,6 +86,7 @@ def _train(
             counts["trainable_params"],
             counts["frozen_params"],
         )
+    metric = cfg.best_metric or primary_metric
     return train(
         model,
         ctx.train_ds if train_ds is None else train_ds,
@@ -95,11 +96,12 @@ def _train(
         stage_dir,
         ctx.recipe.seed,
         evaluate=_eval_fn(ctx, reference),
-        primary_metric=cfg.best_metric or primary_metric,
+        primary_metric=metric,
         resume=resume,
         tokenizer=ctx.tokenizer,
         desc=desc,
         batch_sampler=batch_sampler,
+        lower_is_better=metric in ctx.task.lower_is_better,
     )
 
 
@@ -142,13 +144,18 @@ def distill_stage(
 ) -> tuple[Path, dict]:
     model = trainable_model(ctx, model_dir)
     rows, n_unlabeled, rows_info = training_rows(ctx, cfg)
-    targets = ctx.teacher_targets(rows)
-    log.info(
-        "teacher cache %s: %d/%d training examples already cached",
-        targets.cache.dir,
-        targets.cache.filled_count,
-        len(rows),
-    )
+    lm_info: dict = {}
+    if ctx.task.name == "causal-lm":
+        targets, lm_info = lm_teacher_targets(ctx, cfg, rows)
+    else:
+        targets = ctx.teacher_targets(rows)
+    if targets.cache is not None:
+        log.info(
+            "teacher cache %s: %d/%d training examples already cached",
+            targets.cache.dir,
+            targets.cache.filled_count,
+            len(rows),
+        )
     loss_fn, layerwise_info = kd_loss(ctx, cfg, model, targets, rows)
     reference = teacher_eval_values(ctx)
     train_ds, sampler, data_info = choose_training_data(
@@ -167,7 +174,8 @@ def distill_stage(
         train_ds,
         sampler,
     )
-    targets.cache.flush()
+    if targets.cache is not None:
+        targets.cache.flush()
     if loss_fn.layerwise is not None:
         loss_fn.layerwise.close()  # the hooks on the (shared) teacher go with the stage
     log.info(
@@ -179,12 +187,52 @@ def distill_stage(
         **train_summary(result),
         "teacher_forward_examples": targets.teacher_examples,
         "cached_examples": targets.cached_examples,
-        "cache_dir": str(targets.cache.dir),
+        "cache_dir": str(targets.cache.dir) if targets.cache is not None else None,
+        **lm_info,
         **rows_info,
         **data_info,
         **({"intermediate": layerwise_info} if layerwise_info else {}),
         **({"encoder_frozen": True} if cfg.freeze_encoder else {}),
     }
+
+
+def lm_teacher_targets(ctx: RunContext, cfg: DistillStage, rows) -> tuple[object, dict]:
+    """Causal-LM teacher distributions: top-k cached (filled now, before training, so its
+    cost shows on its own) or online."""
+    import time
+
+    from slimformer.methods.distill.lm_targets import LMTeacherTargets
+    from slimformer.methods.distill.topk_cache import TopKCache, check_top_k
+    from slimformer.methods.distill.teacher_cache import dataset_fingerprint
+    from slimformer.tasks.base import MODEL_INPUTS
+
+    cache = None
+    if cfg.teacher_logits == "topk":
+        check_top_k(cfg.top_k, int(ctx.teacher_config.vocab_size))
+        positions = len(rows[0]["input_ids"]) - 1
+        data_fp = dataset_fingerprint(rows, MODEL_INPUTS, extra=cfg.teacher_precision)
+        cache = TopKCache(
+            ctx.cache_root / "teacher_topk",
+            ctx.teacher_fingerprint(),
+            data_fp,
+            len(rows),
+            positions,
+            cfg.top_k,
+        )
+    targets = LMTeacherTargets(ctx.task, ctx.load_teacher, cache, cfg.teacher_precision)
+    info = {"teacher_logits": targets.mode, "teacher_precision": cfg.teacher_precision}
+    if cache is not None:
+        started = time.perf_counter()
+        cached_before = cache.filled_count
+        targets.fill_all(rows, ctx.collate, batch_size=cfg.batch_size)
+        info["topk_cache"] = {
+            "dir": str(cache.dir),
+            "size_gb": round(cache.size_gb, 3),
+            "blocks_cached_before": cached_before,
+            "fill_seconds": round(time.perf_counter() - started, 2),
+        }
+        log.info("teacher top-k cache ready: %s", info["topk_cache"])
+    return targets, info
 
 
 @STAGES.register("finetune")

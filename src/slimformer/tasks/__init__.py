@@ -1,6 +1,7 @@
 """One file per task shape; ``get_task(name)`` returns the registered one."""
 
 from slimformer.tasks import (  # noqa: F401  (register)
+    causal_lm,
     sentence_embedding,
     sequence_classification,
     token_classification,

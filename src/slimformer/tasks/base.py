@@ -32,6 +32,7 @@ class Task(ABC):
     name: str
     primary_metric: str
     auto_class: type
+    lower_is_better: tuple[str, ...] = ()  # metrics where smaller wins (e.g. perplexity)
 
     def load_model(self, ref: str, trust_remote_code: bool = False, **kwargs) -> PreTrainedModel:
         """``kwargs`` go to ``from_pretrained`` (e.g. label maps for a new classification head).
@@ -70,6 +71,10 @@ class Task(ABC):
     def predict_values(self, model, batch: dict) -> torch.Tensor:
         """Outputs as metrics read them (a task may decode, e.g. Viterbi with a CRF)."""
         return self.forward(model, batch).values
+
+    def teacher_row(self, model, batch: dict) -> torch.Tensor:
+        """What the teacher cache keeps for each example: its packed aligned outputs."""
+        return self.pack(self.forward(model, batch).values, batch)
 
     def collator(self, tokenizer: PreTrainedTokenizerBase):
         """Pads a list of prepared rows into a batch."""

@@ -83,11 +83,13 @@ def train(
     on_step: Callable[[], None] | None = None,
     desc: str = "train",
     batch_sampler=None,
+    lower_is_better: bool = False,
 ) -> TrainResult:
     """``batch_sampler``: a custom order (e.g. a curriculum) with ``set_epoch``/``len``;
     default: length-grouped, seeded batches. A ``loss_fn`` with trainable parameters of its own
     exposes them as ``loss_fn.aux_module``: they are optimised and checkpointed with the model
-    (never saved with it), and the prepared module is put back on ``loss_fn``."""
+    (never saved with it), and the prepared module is put back on ``loss_fn``.
+    ``lower_is_better``: the best checkpoint minimises ``primary_metric`` (perplexity)."""
     out_dir = Path(out_dir)
     set_seed(seed)
     accelerator = Accelerator(
@@ -145,7 +147,8 @@ def train(
                 f"({', '.join(metrics)}); set best_metric to one of them."
             )
         score = metrics[primary_metric]
-        if state["best"] is None or score > state["best"][primary_metric]:
+        best = None if state["best"] is None else state["best"][primary_metric]
+        if best is None or (score < best if lower_is_better else score > best):
             state["best"] = record
             _save_model(accelerator, model, out_dir / "best", tokenizer)
         bar.write(

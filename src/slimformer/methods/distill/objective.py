@@ -27,6 +27,9 @@ LossFn = Callable[[object, dict, float], tuple[torch.Tensor, dict[str, float]]]
 class DistillLossConfig(StrictConfig):
     soft: str = Field("kl", description="soft loss: " + ", ".join(SOFT_LOSSES.names()))
     hard: str | None = Field("ce", description="hard loss: " + ", ".join(HARD_LOSSES.names()))
+    soft_options: dict[str, float] = Field(
+        {}, description="options of the soft loss, e.g. {beta: 0.5} for jsd, {skew: 0.1}"
+    )
     alpha: ScheduledValue = Field(0.5, description="weight of the soft term, in [0, 1]")
     temperature: ScheduledValue = Field(2.0, description="softmax temperature T > 0")
     temperatures: list[float] | None = Field(
@@ -112,7 +115,9 @@ class KDLoss:
             teacher_targets,
             layerwise,
         )
-        self.soft = SOFT_LOSSES.get(cfg.soft)
+        soft = SOFT_LOSSES.get(cfg.soft)
+        options = dict(cfg.soft_options)
+        self.soft = (lambda s, t, m, tk: soft(s, t, m, tk, **options)) if options else soft
         self.hard = HARD_LOSSES.get(cfg.hard) if cfg.hard else None
         has_params = layerwise is not None and any(True for _ in layerwise.projector.parameters())
         self.aux_module = layerwise.projector if has_params else None

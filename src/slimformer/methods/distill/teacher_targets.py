@@ -42,7 +42,7 @@ class TeacherTargets:
             k: v[torch.as_tensor(rows, device=v.device)] if torch.is_tensor(v) else v
             for k, v in batch.items()
         }
-        out = self.task.pack(self.task.forward(self._teacher, sub).values, sub)
+        out = self.task.teacher_row(self._teacher, sub)
         self.cache.write(idx[rows], out)
         self.teacher_examples += len(rows)
 

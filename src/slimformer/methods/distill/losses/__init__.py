@@ -11,11 +11,15 @@ from slimformer.methods.distill.losses import (  # noqa: F401  (register)
     ce,
     cosine,
     embedding_mse,
+    forward_kl,
     hidden_cosine,
     hidden_mse,
+    jsd,
     kl,
     mse,
+    reverse_kl,
     rkd,
+    skew_kl,
 )
 from slimformer.methods.distill.losses.base import (
     HARD_LOSSES,
