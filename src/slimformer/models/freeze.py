@@ -18,3 +18,11 @@ def freeze_encoder(model: PreTrainedModel) -> dict[str, int]:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
     return {"trainable_params": trainable, "frozen_params": frozen}
+
+
+def freeze_embeddings(model: PreTrainedModel) -> int:
+    """Fix the input embeddings (an output head tied to them stays fixed with them); returns
+    the number of parameters frozen."""
+    weight = model.get_input_embeddings().weight
+    weight.requires_grad_(False)  # an untied output head keeps training
+    return weight.numel()

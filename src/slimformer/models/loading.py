@@ -26,7 +26,7 @@ def resolve_model_ref(ref: str) -> str:
             f"Install it with `pip install {pkg.replace('_', '-')}`."
         )
     folder = Path(list(spec.submodule_search_locations)[0]) / sub
-    if not folder.is_dir():
+    if not (folder.is_dir() or (is_gguf_ref(sub) and folder.is_file())):
         raise ModelError(f"{ref!r} points to {folder}, which does not exist.")
     return str(folder)
 

@@ -15,7 +15,7 @@ from slimformer.export.ort_quantize import QuantizeConfig, quantize_onnx
 from slimformer.export.parity import check_parity, parity
 from slimformer.methods.distill.layerwise.distiller import LayerwiseDistiller
 from slimformer.methods.distill.objective import DistillLossConfig, KDLoss, make_loss_fn
-from slimformer.models.freeze import freeze_encoder
+from slimformer.models.freeze import freeze_embeddings, freeze_encoder
 from slimformer.optimize.config import OptimizeConfig
 from slimformer.optimize.optimizer import copy_choice, optimize_model
 from slimformer.pipeline.context import RunContext, teacher_eval_values
@@ -86,6 +86,8 @@ def _train(
             counts["trainable_params"],
             counts["frozen_params"],
         )
+    if cfg.freeze_embeddings:
+        log.info("token embeddings frozen: %d parameters", freeze_embeddings(model))
     metric = cfg.best_metric or primary_metric
     return train(
         model,

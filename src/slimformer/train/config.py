@@ -26,6 +26,11 @@ class TrainConfig(StrictConfig):
         description="eval metric that picks the kept checkpoint (higher is better), e.g. mcc; "
         "default: the task's (accuracy, f1, spearman for regression, retained_mean multi-task)",
     )
+    freeze_embeddings: bool = Field(
+        False,
+        description="keep the token embeddings (and a head tied to them) fixed: for LLMs the "
+        "vocabulary matrix is a large share of the compute of each step's weight update",
+    )
     freeze_encoder: bool = Field(
         False, description="train only the task head (embeddings and blocks frozen)"
     )

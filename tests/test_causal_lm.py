@@ -1,0 +1,295 @@
+"""Causal-LM distillation on a tiny random Llama (MiniLM's tokenizer): losses against values
+computed by hand, the top-k cache, layer ranking, text reading, and a run end to end."""
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, pipeline
+
+from slimformer.data.lm_corpus import corpus_files, pack_blocks, read_lines
+from slimformer.errors import DataError, ModelError, RecipeError
+from slimformer.methods.distill.losses import SOFT_LOSSES
+from slimformer.methods.distill.losses.token_support import TopKLogProbs, teacher_bins
+from slimformer.methods.distill.topk_cache import TopKCache
+from slimformer.methods.prune.layer_ranking import (
+    keep_by_angular_distance,
+    keep_by_block_influence,
+)
+from slimformer.pipeline.recipe import parse_recipe
+from slimformer.pipeline.runner import run_recipe
+from tests.conftest import SHARED
+
+WIKI = SHARED / "data" / "text" / "wikitext2"
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory, tokenizer) -> Path:
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        tie_word_embeddings=True,
+        eos_token_id=tokenizer.sep_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    folder = tmp_path_factory.mktemp("tiny_llama")
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def lm_text(tmp_path_factory) -> dict[str, Path]:
+    """Real WikiText-2 slices: training text from the valid split, eval text from the test."""
+    folder = tmp_path_factory.mktemp("lm_text")
+    train, evl = folder / "train.txt", folder / "eval.txt"
+    train.write_bytes((WIKI / "wiki.valid.tokens").read_bytes()[:12000])
+    evl.write_bytes((WIKI / "wiki.test.raw").read_bytes()[:6000])
+    return {"train": train, "eval": evl}
+
+
+def lm_recipe(teacher: Path, text: dict, **distill) -> dict:
+    stage = {
+        "epochs": 1,
+        "batch_size": 4,
+        "learning_rate": 1e-3,
+        "soft": "forward_kl",
+        "alpha": 0.5,
+        "temperature": 1.0,
+        "top_k": 8,
+        "save_every": 5,
+    }
+    stage.update(distill)
+    return {
+        "task": "causal-lm",
+        "teacher": {"model": str(teacher)},
+        "student": {"layers": 2, "layer_selection": "block_influence", "selection_examples": 4},
+        "data": {
+            "train": [str(text["train"])],
+            "eval": str(text["eval"]),
+            "max_length": 32,
+            "eval_block_size": 64,
+            "eval_max_tokens": 256,
+        },
+        "stages": [{"distill": stage}],
+        "report": {
+            "generation": {
+                "prompts": 2,
+                "prompt_tokens": 6,
+                "agreement_tokens": 5,
+                "speed_new_tokens": 4,
+                "speed_batch_sizes": [1, 2],
+                "rounds": 1,
+            }
+        },
+    }
+
+
+# ---- losses, by hand -------------------------------------------------------------------
+
+
+def _kl(p, q):
+    return sum(a * math.log(a / b) for a, b in zip(p, q, strict=True) if a > 0)
+
+
+def _softmax(x):
+    e = [math.exp(v) for v in x]
+    return [v / sum(e) for v in e]
+
+
+S = [[1.0, 0.0, -1.0, 0.5], [0.2, 0.1, 0.0, -0.3], [5.0, 0.0, 0.0, 0.0]]
+T = [[0.0, 1.0, -0.5, 0.5], [1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 9.0, 0.0]]
+MASK = torch.tensor([True, True, False])  # the third position is padding: it must not count
+
+
+def _mean_first_two(fn):
+    return (fn(_softmax(T[0]), _softmax(S[0])) + fn(_softmax(T[1]), _softmax(S[1]))) / 2
+
+
+def test_forward_and_reverse_kl_by_hand():
+    s, t = torch.tensor(S), torch.tensor(T)
+    fwd = SOFT_LOSSES.get("forward_kl")(s, t, MASK, 1.0)
+    rev = SOFT_LOSSES.get("reverse_kl")(s, t, MASK, 1.0)
+    assert fwd.item() == pytest.approx(_mean_first_two(_kl), rel=1e-5)
+    assert rev.item() == pytest.approx(_mean_first_two(lambda p, q: _kl(q, p)), rel=1e-5)
+    # temperature: T^2 * KL of the softened distributions
+    soft = SOFT_LOSSES.get("forward_kl")(s, t, MASK, 2.0)
+    by_hand = sum(
+        _kl(_softmax([v / 2 for v in T[i]]), _softmax([v / 2 for v in S[i]])) for i in (0, 1)
+    )
+    assert soft.item() == pytest.approx(4 * by_hand / 2, rel=1e-5)
+
+
+def test_jsd_and_skew_kl_by_hand():
+    s, t = torch.tensor(S), torch.tensor(T)
+
+    def jsd(p, q, beta=0.3):
+        m = [beta * a + (1 - beta) * b for a, b in zip(p, q, strict=True)]
+        return beta * _kl(p, m) + (1 - beta) * _kl(q, m)
+
+    def skew(p, q, a=0.1):
+        return _kl(p, [a * x + (1 - a) * y for x, y in zip(p, q, strict=True)])
+
+    got = SOFT_LOSSES.get("jsd")(s, t, MASK, 1.0, beta=0.3)
+    assert got.item() == pytest.approx(_mean_first_two(jsd), rel=1e-5)
+    got = SOFT_LOSSES.get("skew_kl")(s, t, MASK, 1.0, skew=0.1)
+    assert got.item() == pytest.approx(_mean_first_two(skew), rel=1e-5)
+    with pytest.raises(ValueError, match="beta"):
+        SOFT_LOSSES.get("jsd")(s, t, MASK, 1.0, beta=1.0)
+
+
+def test_top_k_with_tail_mass_by_hand():
+    """Vocabulary 4, k = 2: bins = the teacher's two tokens + the tail (the other two)."""
+    s, t = torch.tensor(S[:1]), torch.tensor(T[:1])
+    log_p = torch.log_softmax(t, -1)
+    top = log_p.topk(2, -1)
+    sparse = TopKLogProbs(top.indices, top.values, vocab_size=4)
+    p, q = _softmax(T[0]), _softmax(S[0])
+    keep = top.indices[0].tolist()
+    rest = [i for i in range(4) if i not in keep]
+    p_bins = [p[i] for i in keep] + [sum(p[i] for i in rest)]
+    q_bins = [q[i] for i in keep] + [sum(q[i] for i in rest)]
+    mask = torch.tensor([True])
+    got = SOFT_LOSSES.get("forward_kl")(s, sparse, mask, 1.0)
+    assert got.item() == pytest.approx(_kl(p_bins, q_bins), rel=1e-5)
+    # k = V: no tail, same as the dense loss
+    full = log_p.topk(4, -1)
+    dense = SOFT_LOSSES.get("forward_kl")(s, t, mask, 1.0)
+    got = SOFT_LOSSES.get("forward_kl")(s, TopKLogProbs(full.indices, full.values, 4), mask, 1.0)
+    assert got.item() == pytest.approx(dense.item(), abs=1e-5)
+    # T != 1: the tail is spread evenly over the V - k tokens, each raised to 1/T
+    bins = teacher_bins(sparse, 2.0).exp()[0].tolist()
+    tail_each = p_bins[2] / 2
+    raw = [p_bins[0] ** 0.5, p_bins[1] ** 0.5, 2 * tail_each**0.5]
+    assert bins == pytest.approx([v / sum(raw) for v in raw], rel=1e-5)
+
+
+def test_top_k_cache_round_trip(tmp_path):
+    cache = TopKCache(tmp_path, "t", "d", rows=3, positions=5, k=4)
+    lp = torch.log_softmax(torch.randn(2, 5, 4), -1)
+    ix = torch.randint(0, 1000, (2, 5, 4))
+    cache.write(np.array([2, 0]), lp, ix)
+    assert cache.missing(np.arange(3)).tolist() == [False, True, False]
+    again = TopKCache(tmp_path, "t", "d", rows=3, positions=5, k=4)  # reopened from disk
+    got_lp, got_ix = again.read(np.array([0, 2]))
+    assert torch.equal(got_ix, torch.cat([ix[1], ix[0]]).reshape(-1, 4))
+    assert torch.allclose(got_lp, torch.cat([lp[1], lp[0]]).reshape(-1, 4), atol=2e-3)
+
+
+# ---- layer ranking -----------------------------------------------------------------------
+
+
+def test_layer_ranking_rules():
+    # 4 blocks; states 0..4. Block 1 and 2 barely change the stream (cos 0.99).
+    cos = torch.eye(5)
+    for i, c in enumerate([0.5, 0.99, 0.98, 0.6]):
+        cos[i, i + 1] = cos[i + 1, i] = c
+    cos[1, 3] = cos[3, 1] = 0.97
+    cos[0, 2] = cos[2, 0] = cos[2, 4] = cos[4, 2] = 0.3
+    assert keep_by_block_influence(cos, 2) == [0, 3]
+    assert keep_by_angular_distance(cos, 2) == [0, 3]  # drops the run 1..2 (cos 0.97)
+    assert keep_by_angular_distance(cos, 4) == [0, 1, 2, 3]
+
+
+# ---- text reading ------------------------------------------------------------------------
+
+
+def test_text_sources_latin1_crlf_and_globs(tmp_path):
+    (tmp_path / "books").mkdir()
+    (tmp_path / "books" / "a.txt").write_bytes("caf\xe9 au lait\r\nsecond line\r\n".encode("latin-1"))
+    (tmp_path / "books" / "b.txt").write_text("plain utf-8 — text\n", encoding="utf-8")
+    lines = read_lines([str(tmp_path / "books")])["text"]
+    assert lines == ["café au lait\n", "second line\n", "plain utf-8 — text\n"]
+    assert corpus_files(str(tmp_path / "books" / "*.txt")) == sorted(
+        (tmp_path / "books").glob("*.txt")
+    )
+    with pytest.raises(DataError, match="matches no file"):
+        corpus_files(str(tmp_path / "nothing-here.txt"))
+    with pytest.raises(DataError, match="fewer than one block"):
+        pack_blocks(np.arange(10), 32, "training")
+
+
+# ---- end to end --------------------------------------------------------------------------
+
+
+def test_distill_run_end_to_end(tiny_llama, lm_text, tmp_path, cache_dir):
+    report = run_recipe(parse_recipe(lm_recipe(tiny_llama, lm_text)), tmp_path / "run", cache_dir=cache_dir)
+    for role in ("teacher", "student"):
+        assert set(report[role]["metrics"]) >= {"perplexity", "nll"}
+        assert report[role]["generation"]["tokens_per_s_bs1"] > 0
+    s = report["student"]
+    assert s["layers"] == 2 and s["non_embedding_params"] < report["teacher"]["non_embedding_params"]
+    assert len(s["init"]["teacher_layers"]) == 2 and len(s["init"]["block_influence"]) == 4
+    assert 0 <= s["metrics"]["teacher_top1_agreement"] <= 1
+    assert set(s["metrics"]["generation_agreement"]) == {"token_match", "rouge_l", "new_tokens"}
+    assert {"generate_bs1", "generate_bs2", "ttft_bs1"} <= set(report["speedup"])
+    assert report["perplexity_ratio"] > 0
+    stage = report["stages"][0]
+    assert stage["teacher_logits"] == "topk (k=8)" and stage["topk_cache"]["fill_seconds"] >= 0
+    # the student loads as a plain transformers model and generates
+    folder = tmp_path / "run" / "model"
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    assert model.config.num_hidden_layers == 2
+    gen = pipeline("text-generation", model=str(folder), tokenizer=str(folder))
+    out = gen("the history of the", max_new_tokens=4, do_sample=False)
+    assert out[0]["generated_text"].startswith("the history of the")
+    # a second run reads the top-k cache: the teacher runs on no training block
+    again = run_recipe(
+        parse_recipe(lm_recipe(tiny_llama, lm_text, soft="reverse_kl")),
+        tmp_path / "run2",
+        cache_dir=cache_dir,
+    )
+    assert again["stages"][0]["teacher_forward_examples"] == 0
+
+
+def test_online_teacher_and_jsd(tiny_llama, lm_text, tmp_path, cache_dir):
+    recipe = lm_recipe(
+        tiny_llama, lm_text, soft="jsd", soft_options={"beta": 0.5}, teacher_logits="online"
+    )
+    recipe["data"]["max_train_examples"] = 8
+    report = run_recipe(parse_recipe(recipe), tmp_path / "run", cache_dir=cache_dir)
+    stage = report["stages"][0]
+    assert stage["teacher_logits"] == "online" and stage["teacher_forward_examples"] == 8
+
+
+def test_clear_errors(tiny_llama, lm_text, tmp_path, cache_dir, tiny_teacher):
+    with pytest.raises(RecipeError, match="top_k"):
+        run_recipe(
+            parse_recipe(lm_recipe(tiny_llama, lm_text, top_k=10**6)),
+            tmp_path / "a",
+            cache_dir=cache_dir,
+        )
+    # a student with another tokenizer
+    other = tmp_path / "other_student"
+    model = LlamaForCausalLM.from_pretrained(tiny_llama)
+    model.save_pretrained(other)
+    from transformers import PreTrainedTokenizerFast
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    tok = Tokenizer(models.WordLevel({"[UNK]": 0, "a": 1}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]").save_pretrained(other)
+    recipe = lm_recipe(tiny_llama, lm_text)
+    recipe["student"] = {"model": str(other)}
+    with pytest.raises(ModelError, match="different tokenizer"):
+        run_recipe(parse_recipe(recipe), tmp_path / "b", cache_dir=cache_dir)
+    # settings a causal-lm stage does not take, and a missing GGUF file
+    with pytest.raises(RecipeError, match="augment"):
+        parse_recipe(lm_recipe(tiny_llama, lm_text, augment={"copies": 1}))
+    recipe = lm_recipe(tiny_llama, lm_text)
+    recipe["teacher"]["model"] = str(tmp_path / "missing.gguf")
+    with pytest.raises(ModelError, match="GGUF file"):
+        run_recipe(parse_recipe(recipe), tmp_path / "c", cache_dir=cache_dir)
+    with pytest.raises(RecipeError, match="causal-lm only"):
+        bad = yaml.safe_load(yaml.safe_dump(lm_recipe(tiny_teacher, lm_text)))
+        bad["task"] = "sequence-classification"
+        parse_recipe(bad)
