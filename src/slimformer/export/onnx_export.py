@@ -121,8 +121,18 @@ def _optimize(src: Path, dst: Path, model: PreTrainedModel) -> None:
     """ORT transformer fusions (Attention, SkipLayerNorm, BiasGelu) for CPU inference."""
     from onnxruntime.transformers.optimizer import optimize_model
 
+    from slimformer.utils.atomic import scratch_cwd
+
     cfg = model.config
-    optimized = optimize_model(
+    src, dst = Path(src).resolve(), Path(dst).resolve()
+    with scratch_cwd():
+        optimized = _optimized(optimize_model, src, cfg)
+        optimized.save_model_to_file(str(dst))
+    log.info("ONNX fusions: %s", optimized.get_fused_operator_statistics())
+
+
+def _optimized(optimize_model, src: Path, cfg):
+    return optimize_model(
         str(src),
         model_type=_ORT_MODEL_TYPES[cfg.model_type],
         num_heads=cfg.num_attention_heads,
@@ -130,8 +140,6 @@ def _optimize(src: Path, dst: Path, model: PreTrainedModel) -> None:
         opt_level=1,
         use_gpu=False,
     )
-    optimized.save_model_to_file(str(dst))
-    log.info("ONNX fusions: %s", optimized.get_fused_operator_statistics())
 
 
 def onnx_folder_check(folder: Path) -> Path:

@@ -91,8 +91,15 @@ def quantize_onnx(
     collate: Callable | None = None,
 ) -> Path:
     """Quantize ``src`` (an exported folder or .onnx file) into ``dst_dir/model.onnx``."""
-    src_path = onnx_folder_check(src)
-    dst_dir = Path(dst_dir)
+    from slimformer.utils.atomic import scratch_cwd
+
+    src_path = onnx_folder_check(src).resolve()
+    dst_dir = Path(dst_dir).resolve()
+    with scratch_cwd():  # ORT's tools leave temporary files in the working directory
+        return _quantize_into(src_path, dst_dir, cfg, calibration, collate)
+
+
+def _quantize_into(src_path: Path, dst_dir: Path, cfg, calibration, collate) -> Path:
     dst_dir.mkdir(parents=True, exist_ok=True)
     dst = dst_dir / ONNX_FILE
     common = dict(per_channel=cfg.per_channel, nodes_to_exclude=cfg.exclude_nodes or None)

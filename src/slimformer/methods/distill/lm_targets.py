@@ -12,7 +12,6 @@ from contextlib import nullcontext
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from transformers import PreTrainedModel
 
 from slimformer.methods.distill.losses.token_support import TopKLogProbs
@@ -83,12 +82,13 @@ class LMTeacherTargets:
             sub = {
                 key: v[chunk.to(v.device)] for key, v in batch.items() if torch.is_tensor(v)
             }
-            log_probs = F.log_softmax(self._logits(sub), -1)
-            top = log_probs.topk(k, dim=-1)
+            logits = self._logits(sub)
+            top = logits.topk(k, dim=-1)  # log-probs = logits - logsumexp: no (n, V) copy
+            log_probs = top.values - torch.logsumexp(logits, -1, keepdim=True)
             n = len(chunk)
             self.cache.write(
                 idx[chunk.numpy()],
-                top.values.reshape(n, positions, k),
+                log_probs.reshape(n, positions, k),
                 top.indices.reshape(n, positions, k),
             )
             self.teacher_examples += n
