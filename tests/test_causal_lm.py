@@ -293,3 +293,23 @@ def test_clear_errors(tiny_llama, lm_text, tmp_path, cache_dir, tiny_teacher):
         bad = yaml.safe_load(yaml.safe_dump(lm_recipe(tiny_teacher, lm_text)))
         bad["task"] = "sequence-classification"
         parse_recipe(bad)
+
+
+def test_lora_student_is_merged(tiny_llama, lm_text, tmp_path, cache_dir):
+    recipe = lm_recipe(tiny_llama, lm_text)
+    recipe["student"] = {"layers": 2, "lora": {"r": 2, "alpha": 4, "target_modules": ["q_proj", "v_proj"]}}
+    recipe["data"]["max_train_examples"] = 8
+    report = run_recipe(parse_recipe(recipe), tmp_path / "run", cache_dir=cache_dir)
+    lora = report["stages"][0]["lora"]
+    assert 0 < lora["trainable_params"] < lora["base_params"] and lora["r"] == 2
+    folder = tmp_path / "run" / "model"
+    assert not (folder / "adapter_config.json").exists()
+    merged = AutoModelForCausalLM.from_pretrained(folder)
+    base = LlamaForCausalLM.from_pretrained(tiny_llama)
+    # the adapters changed the attention weights they were put on, and nothing else
+    layer = report["student"]["init"]["teacher_layers"][0]
+    q_new = merged.model.layers[0].self_attn.q_proj.weight
+    q_old = base.model.layers[layer].self_attn.q_proj.weight
+    assert not torch.allclose(q_new, q_old)
+    k_new = merged.model.layers[0].self_attn.k_proj.weight
+    assert torch.equal(k_new, base.model.layers[layer].self_attn.k_proj.weight)

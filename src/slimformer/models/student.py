@@ -10,6 +10,7 @@ from transformers import PreTrainedModel
 from slimformer.config import StrictConfig
 from slimformer.errors import ModelError, RecipeError
 from slimformer.models.arch import arch_of, layers_module_name, num_layers
+from slimformer.models.lora import LoraSettings
 
 
 class StudentConfig(StrictConfig):
@@ -30,6 +31,11 @@ class StudentConfig(StrictConfig):
     selection_examples: int = Field(32, gt=0, description="rows used by layer_selection")
     model: str | None = Field(None, description="existing model folder or hub id")
     crf: bool = Field(False, description="token classification: add an IOB2-constrained CRF")
+    lora: LoraSettings | None = Field(
+        None,
+        description="train LoRA adapters on the student instead of its weights (merged into "
+        "the saved model); with student.model = the teacher: self-distillation",
+    )
 
     @model_validator(mode="after")
     def _one_way(self) -> "StudentConfig":

@@ -16,6 +16,7 @@ from slimformer.export.parity import check_parity, parity
 from slimformer.methods.distill.layerwise.distiller import LayerwiseDistiller
 from slimformer.methods.distill.objective import DistillLossConfig, KDLoss, make_loss_fn
 from slimformer.models.freeze import freeze_embeddings, freeze_encoder
+from slimformer.models.lora import add_lora, merged_from
 from slimformer.optimize.config import OptimizeConfig
 from slimformer.optimize.optimizer import copy_choice, optimize_model
 from slimformer.pipeline.context import RunContext, teacher_eval_values
@@ -61,6 +62,7 @@ def train_summary(result: TrainResult) -> dict:
         "best": result.best,
         "evals": result.evals,
         "resumed_from_step": result.resumed_from,
+        **({"lora": result.lora} if result.lora else {}),
     }
 
 
@@ -88,8 +90,12 @@ def _train(
         )
     if cfg.freeze_embeddings:
         log.info("token embeddings frozen: %d parameters", freeze_embeddings(model))
+    lora = ctx.recipe.student.lora
+    if lora is not None:
+        model, lora_info = add_lora(model, lora)
+        log.info("LoRA adapters: %s", lora_info)
     metric = cfg.best_metric or primary_metric
-    return train(
+    result = train(
         model,
         ctx.train_ds if train_ds is None else train_ds,
         ctx.collate,
@@ -105,6 +111,13 @@ def _train(
         batch_sampler=batch_sampler,
         lower_is_better=metric in ctx.task.lower_is_better,
     )
+    if lora is not None:  # the kept adapters merged into a plain model folder
+        merged = Path(stage_dir) / "merged"
+        with atomic_dir(merged) as tmp:
+            merged_from(model, result.model_dir).save_pretrained(tmp, safe_serialization=True)
+            ctx.tokenizer.save_pretrained(tmp)
+        result.model_dir, result.lora = merged, lora_info
+    return result
 
 
 def _eval_fn(ctx: RunContext, reference):

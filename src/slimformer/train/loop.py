@@ -35,6 +35,7 @@ class TrainResult:
     epoch_seconds: list[float] = field(default_factory=list)
     best: dict | None = None
     resumed_from: int | None = None
+    lora: dict | None = None  # set by stages that train LoRA adapters
 
 
 def _optimizer(modules: list[torch.nn.Module], cfg: TrainConfig) -> torch.optim.Optimizer:
