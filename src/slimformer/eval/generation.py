@@ -68,7 +68,7 @@ def generation_speed(
 ) -> dict[str, dict[str, float]]:
     """``{name: {"tokens_per_s_bs1": .., "ttft_ms_bs1": ..}}``, medians over ``rounds``."""
     times: dict[str, dict[str, list[float]]] = {n: {} for n in models}
-    for name, model in models.items():  # warm-up: first calls allocate and pick kernels
+    for model in models.values():  # warm-up: first calls allocate and pick kernels
         greedy(model, prompt[:1], 4)
     for _ in range(rounds):
         for name, model in models.items():

@@ -71,9 +71,7 @@ def load_config(ref: str, trust_remote_code: bool = False):
 def load_tokenizer(ref: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
     folder, extra = split_gguf(check_model_ref(ref))
     try:
-        return AutoTokenizer.from_pretrained(
-            folder, trust_remote_code=trust_remote_code, **extra
-        )
+        return AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code, **extra)
     except (OSError, ValueError) as e:
         raise ModelError(
             f"Could not load a tokenizer from {ref!r}: {e}. A student folder must "

@@ -53,5 +53,7 @@ def merged_from(wrapped, adapter_dir: Path) -> PreTrainedModel:
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
-    set_peft_model_state_dict(wrapped, load_file(str(Path(adapter_dir) / "adapter_model.safetensors")))
+    set_peft_model_state_dict(
+        wrapped, load_file(str(Path(adapter_dir) / "adapter_model.safetensors"))
+    )
     return wrapped.merge_and_unload()

@@ -207,7 +207,12 @@ class ReportConfig(StrictConfig):
 
 # DistillStage settings a causal-lm stage does not take (yet).
 CAUSAL_LM_UNSUPPORTED = (
-    "intermediate", "selection", "curriculum", "augment", "temperatures", "relations"
+    "intermediate",
+    "selection",
+    "curriculum",
+    "augment",
+    "temperatures",
+    "relations",
 )
 MULTI_TASK = "multi-task"
 MULTI_TASK_STAGES = ("distill", "finetune")

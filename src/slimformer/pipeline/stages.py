@@ -217,8 +217,8 @@ def lm_teacher_targets(ctx: RunContext, cfg: DistillStage, rows) -> tuple[object
     import time
 
     from slimformer.methods.distill.lm_targets import LMTeacherTargets
-    from slimformer.methods.distill.topk_cache import TopKCache, check_top_k
     from slimformer.methods.distill.teacher_cache import dataset_fingerprint
+    from slimformer.methods.distill.topk_cache import TopKCache, check_top_k
     from slimformer.tasks.base import MODEL_INPUTS
 
     cache = None

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForCausalLM
 
+from slimformer.data.chat_pairs import encode_pairs, is_pair_source, read_pairs
 from slimformer.data.config import DataConfig
 from slimformer.data.lm_corpus import pack_blocks, read_lines, token_stream
 from slimformer.errors import DataError
@@ -53,13 +54,32 @@ class CausalLM(Task):
 
     def raw_splits(self, data: DataConfig, seed: int):
         self.seed = seed
-        train = read_lines(data.train)
+        train = self._read(data.train, data)
         if data.eval:
-            return train, read_lines(data.eval)
+            return train, self._read(data.eval, data)
         cut = int(len(train) * 0.9)  # hold out the last 10% of lines: no overlap with training
         return train.select(range(cut)), train.select(range(cut, len(train)))
 
+    @staticmethod
+    def _read(source, data: DataConfig) -> datasets.Dataset:
+        """Plain text (files, folders, globs) or a prompt/response table."""
+        if is_pair_source(source):
+            return read_pairs(source, data.prompt_column, data.response_column)
+        return read_lines(source)
+
     def prepare(self, ds, tokenizer, data: DataConfig, model_config, split: str):
+        if data.prompt_column in ds.column_names:  # prompt/response pairs: responses train
+            pairs = encode_pairs(
+                ds,
+                tokenizer,
+                data.prompt_column,
+                data.response_column,
+                data.max_length,
+                data.chat_template,
+            )
+            if split != "eval" and data.max_train_examples:
+                pairs = pairs.select(range(min(data.max_train_examples, len(pairs))))
+            return pairs
         if split == "eval":
             block = data.eval_block_size or data.max_length
             stream = token_stream(ds, tokenizer, data.eval_max_tokens)

@@ -79,9 +79,7 @@ class LMTeacherTargets:
         k, positions = self.cache.k, self.cache.positions
         for start in range(0, len(rows), FILL_CHUNK):
             chunk = torch.as_tensor(rows[start : start + FILL_CHUNK])
-            sub = {
-                key: v[chunk.to(v.device)] for key, v in batch.items() if torch.is_tensor(v)
-            }
+            sub = {key: v[chunk.to(v.device)] for key, v in batch.items() if torch.is_tensor(v)}
             logits = self._logits(sub)
             top = logits.topk(k, dim=-1)  # log-probs = logits - logsumexp: no (n, V) copy
             log_probs = top.values - torch.logsumexp(logits, -1, keepdim=True)

@@ -32,7 +32,9 @@ class TopKCache:
                 ("filled", np.uint8, (rows,)),
             ):
                 np.lib.format.open_memmap(files[name], mode="w+", dtype=dtype, shape=shp).flush()
-            (self.dir / "meta.json").write_text(json.dumps({"k": k, "rows": rows, "positions": positions}))
+            (self.dir / "meta.json").write_text(
+                json.dumps({"k": k, "rows": rows, "positions": positions})
+            )
         self.log_probs = np.load(files["log_probs"], mmap_mode="r+")
         self.indices = np.load(files["indices"], mmap_mode="r+")
         self.filled = np.load(files["filled"], mmap_mode="r+")

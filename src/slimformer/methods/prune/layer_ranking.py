@@ -39,8 +39,10 @@ def layer_states_cosines(model: PreTrainedModel, batches: Iterable[dict]) -> tor
             states.clear()
             model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"))
             mask = batch["attention_mask"].bool().reshape(-1)
-            flat = [torch.nn.functional.normalize(s.float().reshape(-1, s.shape[-1])[mask], dim=-1)
-                    for s in states]
+            flat = [
+                torch.nn.functional.normalize(s.float().reshape(-1, s.shape[-1])[mask], dim=-1)
+                for s in states
+            ]
             stacked = torch.stack(flat)  # (n, T, H)
             total += torch.einsum("ith,jth->ij", stacked, stacked).double().cpu()
             count += int(mask.sum())
@@ -63,8 +65,10 @@ def keep_by_angular_distance(cos: torch.Tensor, keep: int) -> list[int]:
     drop = n - keep
     if drop <= 0:
         return list(range(n))
-    dist = [math.acos(max(-1.0, min(1.0, float(cos[i, i + drop])))) / math.pi
-            for i in range(n - drop + 1)]
+    dist = [
+        math.acos(max(-1.0, min(1.0, float(cos[i, i + drop])))) / math.pi
+        for i in range(n - drop + 1)
+    ]
     start = min(range(len(dist)), key=dist.__getitem__)
     return [i for i in range(n) if not start <= i < start + drop]
 

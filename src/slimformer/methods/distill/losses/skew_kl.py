@@ -12,9 +12,7 @@ from slimformer.methods.distill.losses.token_support import distributions, kl_ro
 
 
 @SOFT_LOSSES.register("skew_kl")
-def skew_kl(
-    student: torch.Tensor, teacher, mask: torch.Tensor, temperature: float = 1.0, skew=0.1
-):
+def skew_kl(student: torch.Tensor, teacher, mask: torch.Tensor, temperature: float = 1.0, skew=0.1):
     if not 0 <= skew < 1:
         raise ValueError(f"skew_kl skew must be in [0, 1), got {skew}")
     log_p, log_q = distributions(student, teacher, temperature)
