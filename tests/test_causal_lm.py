@@ -379,3 +379,43 @@ def test_sequence_level_kd_end_to_end(tiny_llama, lm_text, tmp_path, cache_dir):
     bad.write_text(json.dumps({"question": "x"}) + "\n")
     with pytest.raises(DataError, match="prompt"):
         generate_responses(str(tiny_llama), str(bad), tmp_path / "nope")
+
+
+# ---- width pruning -----------------------------------------------------------------------
+
+
+def test_width_pruning_removes_dead_units_exactly(tiny_llama):
+    from slimformer.methods.prune.decoder_width import prune_decoder_width, width_importance
+
+    model = LlamaForCausalLM.from_pretrained(tiny_llama).eval()
+    with torch.no_grad():
+        for block in model.model.layers:
+            block.mlp.gate_proj.weight[32:] = 0  # channels 32.. output silu(0) * up = 0
+            block.self_attn.v_proj.weight[8:] = 0  # group 1 (kv head 1, head_dim 8) outputs 0
+    ids = torch.randint(5, 1000, (2, 12))
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    before = model(**batch).logits
+    scores = width_importance(model, [batch])
+    prune_decoder_width(model, scores, intermediate_size=32, kv_heads=1)
+    after = model(**batch).logits
+    assert torch.allclose(before, after, atol=1e-5)
+    block = model.model.layers[0]
+    assert block.mlp.gate_proj.out_features == 32 and block.mlp.down_proj.in_features == 32
+    assert block.self_attn.k_proj.out_features == 8 and block.self_attn.q_proj.out_features == 16
+    cfg = model.config
+    assert (cfg.intermediate_size, cfg.num_attention_heads, cfg.num_key_value_heads) == (32, 2, 1)
+    assert cfg.head_dim == 8
+
+
+def test_depth_and_width_pruned_student_generates(tiny_llama, lm_text, tmp_path, cache_dir):
+    recipe = lm_recipe(tiny_llama, lm_text)
+    recipe["student"]["width_pruning"] = {"intermediate_size": 48, "kv_heads": 1}
+    recipe["data"]["max_train_examples"] = 8
+    report = run_recipe(parse_recipe(recipe), tmp_path / "run", cache_dir=cache_dir)
+    info = report["student"]["init"]["width_pruning"]
+    assert info["params_after"] < info["params_before"]
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "model")  # plain loader
+    cfg = model.config
+    assert (cfg.num_hidden_layers, cfg.intermediate_size, cfg.num_key_value_heads) == (2, 48, 1)
+    out = model.generate(torch.tensor([[5, 6, 7]]), max_new_tokens=4, do_sample=False)
+    assert out.shape == (1, 7)

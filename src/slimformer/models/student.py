@@ -13,6 +13,15 @@ from slimformer.models.arch import arch_of, layers_module_name, num_layers
 from slimformer.models.lora import LoraSettings
 
 
+class WidthPruning(StrictConfig):
+    """Decoder width pruning after the depth choice (Llama family): the same width per layer."""
+
+    intermediate_size: int | None = Field(None, gt=0, description="MLP channels kept")
+    kv_heads: int | None = Field(
+        None, gt=0, description="key/value heads kept, each with the query heads sharing it"
+    )
+
+
 class StudentConfig(StrictConfig):
     """Exactly one way to make the student: ``layers``, a width change, or ``model``."""
 
@@ -28,7 +37,14 @@ class StudentConfig(StrictConfig):
         "highest block influence (ShortGPT), or all but the contiguous run closest in angle "
         "(Gromov et al.), both measured on the first selection_examples training rows",
     )
-    selection_examples: int = Field(32, gt=0, description="rows used by layer_selection")
+    selection_examples: int = Field(
+        32, gt=0, description="rows used by layer_selection and width_pruning"
+    )
+    width_pruning: WidthPruning | None = Field(
+        None,
+        description="causal LMs: remove MLP channels / attention groups of lowest activation "
+        "(Minitron), after the layers are chosen",
+    )
     model: str | None = Field(None, description="existing model folder or hub id")
     crf: bool = Field(False, description="token classification: add an IOB2-constrained CRF")
     lora: LoraSettings | None = Field(

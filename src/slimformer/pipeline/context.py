@@ -135,15 +135,39 @@ class RunContext:
                 student, self.student_info = derive_student(self.load_teacher(), cfg, keep)
             if scores:
                 self.student_info.update(layer_selection=cfg.layer_selection, **scores)
+            if cfg.width_pruning is not None:
+                student = self._width_pruned(student)
         if cfg.crf and not has_crf(student):
             attach_crf(student)
             self.student_info["crf"] = True
         return student
 
-    def _ranked_layers(self) -> tuple[list[int] | None, dict]:
-        """Teacher layers kept by ``student.layer_selection`` (None: evenly spread)."""
+    def _calibration_batches(self):
         from torch.utils.data import DataLoader
 
+        cfg = self.recipe.student
+        rows = self.train_ds.select(range(min(cfg.selection_examples, len(self.train_ds))))
+        rows = rows.remove_columns([c for c in rows.column_names if c not in MODEL_INPUTS])
+        return DataLoader(rows, batch_size=4, collate_fn=self.collate)
+
+    def _width_pruned(self, student: PreTrainedModel) -> PreTrainedModel:
+        from slimformer.methods.prune.decoder_width import prune_decoder_width, width_importance
+
+        width = self.recipe.student.width_pruning
+        before = sum(p.numel() for p in student.parameters())
+        scores = width_importance(student.eval(), self._calibration_batches())
+        prune_decoder_width(student, scores, width.intermediate_size, width.kv_heads)
+        after = sum(p.numel() for p in student.parameters())
+        self.student_info["width_pruning"] = {
+            **width.model_dump(exclude_none=True),
+            "params_before": before,
+            "params_after": after,
+        }
+        log.info("width pruning %s: %d -> %d parameters", width.model_dump(), before, after)
+        return student.train()
+
+    def _ranked_layers(self) -> tuple[list[int] | None, dict]:
+        """Teacher layers kept by ``student.layer_selection`` (None: evenly spread)."""
         from slimformer.methods.prune import layer_ranking
 
         cfg = self.recipe.student
@@ -154,10 +178,7 @@ class RunContext:
                 "student.layer_selection chooses the layers itself: give student.layers as a "
                 "number, or drop layer_selection to keep an explicit list."
             )
-        rows = self.train_ds.select(range(min(cfg.selection_examples, len(self.train_ds))))
-        rows = rows.remove_columns([c for c in rows.column_names if c not in MODEL_INPUTS])
-        loader = DataLoader(rows, batch_size=4, collate_fn=self.collate)
-        cos = layer_ranking.layer_states_cosines(self.load_teacher(), loader)
+        cos = layer_ranking.layer_states_cosines(self.load_teacher(), self._calibration_batches())
         pick = {
             "block_influence": layer_ranking.keep_by_block_influence,
             "angular": layer_ranking.keep_by_angular_distance,
