@@ -314,8 +314,12 @@ def _check_label_count(config, recipe: Recipe) -> None:
 
 
 def teacher_eval_values(ctx: RunContext) -> np.ndarray:
-    """The (primary) teacher's eval-set outputs, through the same cache as training targets."""
-    return ctx.teacher_targets(ctx.eval_ds, mixed=False).all_values(ctx.eval_ds, ctx.collate)
+    """The (primary) teacher's eval-set outputs, through the same cache as training targets.
+    Under ``accelerate launch`` the main process fills the cache, the others read it."""
+    from slimformer.train.processes import processes
+
+    with processes().main_process_first():
+        return ctx.teacher_targets(ctx.eval_ds, mixed=False).all_values(ctx.eval_ds, ctx.collate)
 
 
 def _once(load):

@@ -40,8 +40,15 @@ def work_dir_of(output: Path) -> Path:
 
 
 def check_output(output: Path, resume: bool, overwrite: bool) -> Path:
-    """Decide where to work, refusing to clobber anything unless told to."""
+    """Decide where to work, refusing to clobber anything unless told to. Under
+    ``accelerate launch`` only the main process removes anything."""
+    from slimformer.train.processes import processes
+
+    state = processes()
     work = work_dir_of(output)
+    if not state.is_main_process:
+        state.wait_for_everyone()
+        return work
     if output.exists() and not overwrite:
         raise OutputExistsError(
             f"Output folder {output} already exists. Pass --overwrite to "
@@ -54,6 +61,7 @@ def check_output(output: Path, resume: bool, overwrite: bool) -> Path:
         )
     if overwrite and not resume:
         shutil.rmtree(work, ignore_errors=True)
+    state.wait_for_everyone()
     return work
 
 
@@ -64,7 +72,10 @@ def run_recipe(
     overwrite: bool = False,
     cache_dir: str | None = None,
 ) -> dict:
+    from slimformer.train.processes import processes as run_processes
+
     output = Path(output)
+    processes = run_processes()  # one under plain python; N under `accelerate launch`
     work = check_output(output, resume, overwrite)
     # all input checks happen here, before training
     if recipe.task == MULTI_TASK:
@@ -79,8 +90,10 @@ def run_recipe(
             from slimformer.pipeline.causal_lm_report import causal_lm_report
 
             report_of = causal_lm_report
-    work.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(work / "recipe.yaml", dump_recipe(recipe))
+    if processes.is_main_process:
+        work.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(work / "recipe.yaml", dump_recipe(recipe))
+    processes.wait_for_everyone()
 
     model_dir, summaries = None, []
     for i, entry in enumerate(recipe.stages):
@@ -99,9 +112,15 @@ def run_recipe(
                 "model_dir": str(out_dir.relative_to(work)),
                 **info,
             }
-            write_json_atomic(done, info)
+            if processes.is_main_process:
+                write_json_atomic(done, info)
+        processes.wait_for_everyone()
         model_dir = work / info["model_dir"]
         summaries.append(info)
+
+    if not processes.is_main_process:  # the main process measures and writes the report
+        processes.wait_for_everyone()
+        return {}
 
     report = report_of(ctx, model_dir, summaries)
     final_model = work / "model"
@@ -117,6 +136,7 @@ def run_recipe(
         shutil.rmtree(output)
     work.rename(output)
     log.info("run finished: %s", output)
+    processes.wait_for_everyone()
     return report
 
 

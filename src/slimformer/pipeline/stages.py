@@ -221,25 +221,33 @@ def lm_teacher_targets(ctx: RunContext, cfg: DistillStage, rows) -> tuple[object
     from slimformer.methods.distill.topk_cache import TopKCache, check_top_k
     from slimformer.tasks.base import MODEL_INPUTS
 
+    from slimformer.train.processes import processes as run_processes
+
+    processes = run_processes()
     cache = None
     if cfg.teacher_logits == "topk":
         check_top_k(cfg.top_k, int(ctx.teacher_config.vocab_size))
         positions = len(rows[0]["input_ids"]) - 1
         data_fp = dataset_fingerprint(rows, MODEL_INPUTS, extra=cfg.teacher_precision)
-        cache = TopKCache(
-            ctx.cache_root / "teacher_topk",
-            ctx.teacher_fingerprint(),
-            data_fp,
-            len(rows),
-            positions,
-            cfg.top_k,
-        )
+        with processes.main_process_first():  # the main process creates the files
+            cache = TopKCache(
+                ctx.cache_root / "teacher_topk",
+                ctx.teacher_fingerprint(),
+                data_fp,
+                len(rows),
+                positions,
+                cfg.top_k,
+            )
     targets = LMTeacherTargets(ctx.task, ctx.load_teacher, cache, cfg.teacher_precision)
     info = {"teacher_logits": targets.mode, "teacher_precision": cfg.teacher_precision}
     if cache is not None:
         started = time.perf_counter()
         cached_before = cache.filled_count
-        targets.fill_all(rows, ctx.collate, batch_size=cfg.batch_size)
+        # each process labels its share of the blocks (shared memory map), then all read all
+        targets.fill_all(
+            rows, ctx.collate, cfg.batch_size, processes.process_index, processes.num_processes
+        )
+        processes.wait_for_everyone()
         info["topk_cache"] = {
             "dir": str(cache.dir),
             "size_gb": round(cache.size_gb, 3),

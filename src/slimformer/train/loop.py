@@ -21,6 +21,7 @@ from slimformer.data.batching import LengthGroupedBatchSampler
 from slimformer.errors import RecipeError
 from slimformer.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from slimformer.train.config import TrainConfig
+from slimformer.train.processes import use_cpu
 from slimformer.utils.atomic import atomic_dir
 
 LossFn = Callable[[PreTrainedModel, dict, float], tuple[torch.Tensor, dict[str, float]]]
@@ -94,6 +95,7 @@ def train(
     out_dir = Path(out_dir)
     set_seed(seed)
     accelerator = Accelerator(
+        cpu=use_cpu(),
         gradient_accumulation_steps=cfg.grad_accum,
         mixed_precision=cfg.mixed_precision,
         log_with="tensorboard",

@@ -91,16 +91,18 @@ class LMTeacherTargets:
             )
             self.teacher_examples += n
 
-    def fill_all(self, ds, collate, batch_size: int = 8) -> None:
+    def fill_all(self, ds, collate, batch_size: int = 8, rank: int = 0, world: int = 1) -> None:
         """Run the teacher over every uncached block of ``ds`` now (a progress bar shows it),
-        so that training epochs only read the cache."""
+        so that training epochs only read the cache. With ``world`` processes, this one takes
+        every ``world``-th block from ``rank``."""
         from torch.utils.data import DataLoader
         from tqdm.auto import tqdm
 
         todo = np.flatnonzero(self.cache.missing(np.arange(len(ds))))
+        todo = todo[rank::world]
         if len(todo) == 0:
             return
         loader = DataLoader(ds.select(todo), batch_size=batch_size, collate_fn=collate)
-        for batch in tqdm(loader, desc="teacher top-k", unit="batch"):
+        for batch in tqdm(loader, desc="teacher top-k", unit="batch", disable=rank != 0):
             self(batch)
         self.cache.flush()
