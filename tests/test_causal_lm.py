@@ -1,6 +1,7 @@
 """Causal-LM distillation on a tiny random Llama (MiniLM's tokenizer): losses against values
 computed by hand, the top-k cache, layer ranking, text reading, and a run end to end."""
 
+import json
 import math
 from pathlib import Path
 
@@ -419,3 +420,38 @@ def test_depth_and_width_pruned_student_generates(tiny_llama, lm_text, tmp_path,
     assert (cfg.num_hidden_layers, cfg.intermediate_size, cfg.num_key_value_heads) == (2, 48, 1)
     out = model.generate(torch.tensor([[5, 6, 7]]), max_new_tokens=4, do_sample=False)
     assert out.shape == (1, 7)
+
+
+# ---- two processes ------------------------------------------------------------------------
+
+
+def test_two_process_accelerate_launch_matches_one(tiny_llama, lm_text, tmp_path):
+    """The same recipe under `accelerate launch` with 2 CPU processes (gloo): each process
+    labels half of the blocks and trains on half of every batch (batch 2 x 2 processes =
+    the single process's batch 4); the student ends about where the single process does."""
+    import os
+    import subprocess
+    import sys
+
+    recipe = lm_recipe(tiny_llama, lm_text)
+    one = run_recipe(parse_recipe(recipe), tmp_path / "one", cache_dir=tmp_path / "c1")
+    recipe["stages"][0]["distill"]["batch_size"] = 2
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    cmd = [
+        str(bin_dir / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2",
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+        "--main_process_port", "29571", str(bin_dir / "slimformer"), "run",
+        str(tmp_path / "r.yaml"), "--output", str(tmp_path / "two"),
+        "--cache-dir", str(tmp_path / "c2"),
+    ]  # fmt: skip
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    two = json.loads((tmp_path / "two" / "report.json").read_text())
+    # half of the blocks were labeled by each process: the main one reports its share
+    blocks = one["stages"][0]["teacher_forward_examples"]
+    assert two["stages"][0]["teacher_forward_examples"] in (blocks // 2, blocks - blocks // 2)
+    assert abs(two["stages"][0]["steps"] - one["stages"][0]["steps"]) <= 1
+    p1, p2 = one["student"]["metrics"]["perplexity"], two["student"]["metrics"]["perplexity"]
+    assert abs(p1 - p2) / p1 < 0.05, (p1, p2)

@@ -53,3 +53,24 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
 
     def __len__(self) -> int:
         return (len(self.lengths) + self.batch_size - 1) // self.batch_size
+
+
+class WholeRounds(Sampler[list[int]]):
+    """A batch sampler cut to a multiple of ``processes`` batches, so that under
+    ``accelerate launch`` every process gets the same number of batches each epoch (a process
+    with one batch more would wait forever in its gradient all-reduce)."""
+
+    def __init__(self, inner, processes: int) -> None:
+        self.inner, self.processes = inner, processes
+
+    def set_epoch(self, epoch: int) -> None:
+        self.inner.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for i, batch in enumerate(self.inner):
+            if i >= len(self):
+                return
+            yield batch
+
+    def __len__(self) -> int:
+        return len(self.inner) - len(self.inner) % self.processes

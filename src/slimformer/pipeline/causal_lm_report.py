@@ -47,7 +47,7 @@ def causal_lm_report(ctx: RunContext, model_dir: Path, stages: list[dict]) -> di
     gen = ctx.recipe.report.generation
     student = ctx.task.load_model(str(model_dir)).eval()
     teacher = ctx.load_teacher().eval()
-    reference = teacher_eval_values(ctx)
+    reference = teacher_eval_values(ctx, sync=False)
     teacher_metrics = ctx.task.metrics(reference, None, None)
     values = predict(student, ctx.task, ctx.eval_ds, ctx.collate, desc="student perplexity")
     student_metrics = ctx.task.metrics(values, None, reference)

@@ -313,12 +313,15 @@ def _check_label_count(config, recipe: Recipe) -> None:
         )
 
 
-def teacher_eval_values(ctx: RunContext) -> np.ndarray:
+def teacher_eval_values(ctx: RunContext, sync: bool = True) -> np.ndarray:
     """The (primary) teacher's eval-set outputs, through the same cache as training targets.
-    Under ``accelerate launch`` the main process fills the cache, the others read it."""
+    Under ``accelerate launch`` the main process fills the cache, the others read it;
+    ``sync=False`` where only the main process runs (the final report)."""
+    from contextlib import nullcontext
+
     from slimformer.train.processes import processes
 
-    with processes().main_process_first():
+    with processes().main_process_first() if sync else nullcontext():
         return ctx.teacher_targets(ctx.eval_ds, mixed=False).all_values(ctx.eval_ds, ctx.collate)
 
 

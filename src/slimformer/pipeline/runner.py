@@ -144,7 +144,7 @@ def final_report(ctx: RunContext, model_dir: Path, stages: list[dict]) -> dict:
     student = load_variant(model_dir, ctx.task)
     teacher, reference = None, None
     if ctx.teacher_ref:
-        reference = teacher_eval_values(ctx)
+        reference = teacher_eval_values(ctx, sync=False)
         teacher_variant = torch_variant(ctx.load_teacher(), _teacher_folder(ctx), ctx.task)
         teacher = (
             ctx.teacher_ref,

@@ -7,18 +7,26 @@ from pathlib import Path
 
 from accelerate import Accelerator
 
-from slimformer.utils.atomic import atomic_dir
 
 STATE_FILE = "trainer_state.json"
 
 
 def save_checkpoint(accelerator: Accelerator, folder: Path, state: dict, keep: int = 2) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
+    """Every process calls this (Accelerate writes the shared state once and each process's
+    random state); the folder appears under its final name only when complete."""
     target = folder / f"step-{state['step']:08d}"
+    tmp = folder / f".{target.name}.tmp"
     if accelerator.is_main_process:
-        with atomic_dir(target) as tmp:
-            accelerator.save_state(str(tmp), safe_serialization=True)
-            (tmp / STATE_FILE).write_text(json.dumps(state))
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp), safe_serialization=True)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        (tmp / STATE_FILE).write_text(json.dumps(state))
+        shutil.rmtree(target, ignore_errors=True)
+        tmp.rename(target)
         for old in sorted(folder.glob("step-*"))[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, get_linear_schedule_with_warmup
 
-from slimformer.data.batching import LengthGroupedBatchSampler
+from slimformer.data.batching import LengthGroupedBatchSampler, WholeRounds
 from slimformer.errors import RecipeError
 from slimformer.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from slimformer.train.config import TrainConfig
@@ -104,6 +104,8 @@ def train(
     sampler = batch_sampler or LengthGroupedBatchSampler(
         [len(x) for x in train_ds["input_ids"]], cfg.batch_size, seed
     )
+    if accelerator.num_processes > 1:
+        sampler = WholeRounds(sampler, accelerator.num_processes)
     loader = DataLoader(train_ds, batch_sampler=sampler, collate_fn=collate)
     # batches per process: under `accelerate launch` each process sees its shard
     steps_per_epoch = math.ceil(
@@ -238,7 +240,8 @@ def train(
         run_eval()
     if not evaluate:
         _save_model(accelerator, model, out_dir / "final", tokenizer)
-    accelerator.end_training()
+    for tracker in accelerator.trackers:  # not end_training(): it also ends the process
+        tracker.finish()  # group, which later stages and the run folder still use
     return TrainResult(
         model_dir=out_dir / ("best" if evaluate else "final"),
         steps=state["step"],
