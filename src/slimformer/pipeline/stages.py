@@ -220,7 +220,6 @@ def lm_teacher_targets(ctx: RunContext, cfg: DistillStage, rows) -> tuple[object
     from slimformer.methods.distill.teacher_cache import dataset_fingerprint
     from slimformer.methods.distill.topk_cache import TopKCache, check_top_k
     from slimformer.tasks.base import MODEL_INPUTS
-
     from slimformer.train.processes import processes as run_processes
 
     processes = run_processes()

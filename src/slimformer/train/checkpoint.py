@@ -7,7 +7,6 @@ from pathlib import Path
 
 from accelerate import Accelerator
 
-
 STATE_FILE = "trainer_state.json"
 
 
