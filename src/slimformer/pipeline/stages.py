@@ -223,9 +223,10 @@ def lm_teacher_targets(ctx: RunContext, cfg: DistillStage, rows) -> tuple[object
     from slimformer.train.processes import processes as run_processes
 
     processes = run_processes()
+    vocab = int(ctx.teacher_config.vocab_size)
     cache = None
     if cfg.teacher_logits == "topk":
-        check_top_k(cfg.top_k, int(ctx.teacher_config.vocab_size))
+        check_top_k(cfg.top_k, vocab)
         positions = len(rows[0]["input_ids"]) - 1
         data_fp = dataset_fingerprint(rows, MODEL_INPUTS, extra=cfg.teacher_precision)
         with processes.main_process_first():  # the main process creates the files
@@ -237,7 +238,7 @@ def lm_teacher_targets(ctx: RunContext, cfg: DistillStage, rows) -> tuple[object
                 positions,
                 cfg.top_k,
             )
-    targets = LMTeacherTargets(ctx.task, ctx.load_teacher, cache, cfg.teacher_precision)
+    targets = LMTeacherTargets(ctx.task, ctx.load_teacher, cache, vocab, cfg.teacher_precision)
     info = {"teacher_logits": targets.mode, "teacher_precision": cfg.teacher_precision}
     if cache is not None:
         started = time.perf_counter()

@@ -27,9 +27,11 @@ class LMTeacherTargets:
         task: Task,
         load_teacher: Callable[[], PreTrainedModel],
         cache: TopKCache | None,
+        vocab_size: int,
         precision: str = "fp32",
     ) -> None:
         self.task, self._load, self.cache, self.precision = task, load_teacher, cache, precision
+        self.vocab_size = vocab_size  # the teacher's: the top-k loss spreads the tail over it
         self._teacher: PreTrainedModel | None = None
         self.teacher_examples = 0
         self.cached_examples = 0
@@ -65,15 +67,7 @@ class LMTeacherTargets:
         self.cached_examples += int((~missing).sum())
         log_probs, indices = self.cache.read(idx)
         device = batch["input_ids"].device
-        vocab = self.teacher_vocab_size
-        return TopKLogProbs(indices.to(device), log_probs.to(device), vocab)
-
-    @property
-    def teacher_vocab_size(self) -> int:
-        meta = getattr(self, "_vocab", None)
-        if meta is None:
-            self._vocab = meta = int(self.teacher(torch.device("cpu")).config.vocab_size)
-        return meta
+        return TopKLogProbs(indices.to(device), log_probs.to(device), self.vocab_size)
 
     def _fill(self, batch: dict, rows: np.ndarray, idx: np.ndarray) -> None:
         k, positions = self.cache.k, self.cache.positions
