@@ -8,11 +8,13 @@
 """
 
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
 
 import datasets
+import numpy as np
 import onnx
 from onnxruntime.quantization import (
     CalibrationDataReader,
@@ -127,12 +129,11 @@ def _quantize_into(src_path: Path, dst_dir: Path, cfg, calibration, collate) -> 
     return dst
 
 
-def _quantize_static(
-    src: Path, dst: Path, cfg: QuantizeConfig, ds: datasets.Dataset, collate: Callable, common: dict
-) -> None:
-    """QDQ static INT8 from the unfused graph: the fused contrib ops (Attention,
-    SkipLayerNormalization) defeat the quantizer's type inference; ORT fuses the QDQ graph
-    again when it loads it."""
+@contextmanager
+def prepared_for_static(src: Path) -> Iterator[Path]:
+    """The graph static quantization starts from: the unfused export (the fused contrib ops,
+    Attention and SkipLayerNormalization, defeat the quantizer's type inference; ORT fuses the
+    QDQ graph again when it loads it), shape-inferred by ORT's pre-processing, in a temp dir."""
     unfused = src.parent / UNFUSED_FILE
     with tempfile.TemporaryDirectory(prefix="slimformer-quant-") as tmp:
         prepared = Path(tmp) / "prepared.onnx"
@@ -140,6 +141,13 @@ def _quantize_static(
         quant_pre_process(
             str(unfused if unfused.exists() else src), str(prepared), skip_symbolic_shape=True
         )
+        yield prepared
+
+
+def _quantize_static(
+    src: Path, dst: Path, cfg: QuantizeConfig, ds: datasets.Dataset, collate: Callable, common: dict
+) -> None:
+    with prepared_for_static(src) as prepared:
         names = [i.name for i in onnx.load(str(prepared), load_external_data=False).graph.input]
         reader = StreamingReader(ds, collate, cfg.calibration_batch_size, names)
         # U8 activations / S8 weights: ORT's recommended setting for x86 CPUs.
@@ -158,3 +166,67 @@ def _quantize_static(
             extra_options={"CalibStridedMinMax": 1},
             **common,
         )
+
+
+def quantize_with_ranges(
+    prepared: Path,
+    dst: Path,
+    nodes: list[str],
+    ranges: dict[str, tuple[float, float]],
+    per_channel: bool = False,
+) -> Path:
+    """Static QDQ INT8 of exactly ``nodes`` (MatMul / Gather names of ``prepared``) with the
+    given activation ranges (tensor name -> (min, max)) instead of a calibration pass: the
+    ranges QAT trained with. Only node inputs are quantized, as in the fake-quantized model."""
+    from onnxruntime.quantization.calibrate import TensorsData, save_tensors_data
+
+    data = {
+        name: (np.array(low, dtype=np.float32), np.array(high, dtype=np.float32))
+        for name, (low, high) in ranges.items()
+    }
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="slimformer-ranges-") as tmp:
+        cache = Path(tmp) / "ranges.json"
+        save_tensors_data(TensorsData(CalibrationMethod.MinMax, data), cache)
+        quantize_static(
+            str(prepared),
+            str(dst),
+            None,
+            quant_format=QuantFormat.QDQ,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.MinMax,
+            op_types_to_quantize=["MatMul", "Gather"],
+            nodes_to_quantize=nodes,
+            per_channel=per_channel,
+            extra_options={"OpTypesToExcludeOutputQuantization": ["MatMul", "Gather"]},
+            calibration_cache_path=str(cache),
+        )
+    _float_inputs_for_other_consumers(dst, set(nodes))
+    return dst
+
+
+def _float_inputs_for_other_consumers(path: Path, quantized: set[str]) -> None:
+    """ORT's QDQ pass hands the dequantized tensor to every consumer of a quantized activation,
+    e.g. the residual Add that also reads a LayerNorm output. Fake quantization only touches
+    the Linear's input, so the other consumers get the float tensor back."""
+    model = onnx.load(str(path))
+    produced_by_q = {
+        n.output[0]: n.input[0] for n in model.graph.node if n.op_type == "QuantizeLinear"
+    }
+    inits = {t.name for t in model.graph.initializer}
+    float_of = {
+        n.output[0]: produced_by_q[n.input[0]]
+        for n in model.graph.node
+        if n.op_type == "DequantizeLinear"
+        and n.input[0] in produced_by_q
+        and produced_by_q[n.input[0]] not in inits
+    }
+    for node in model.graph.node:
+        if node.name in quantized or node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        for i, name in enumerate(node.input):
+            if name in float_of:
+                node.input[i] = float_of[name]
+    onnx.save(model, str(path))

@@ -117,6 +117,19 @@ class QuantizeStage(QuantizeConfig):
     opset: int = Field(17, ge=14, le=21, description="ONNX opset of the fp32 export")
 
 
+class QatStage(KDTrainStage):
+    """Quantization-aware training: calibrate activation ranges, train with the INT8 rounding
+    of ONNX Runtime's static quantization simulated (KD from the teacher as the loss), then
+    export the INT8 ONNX model with those ranges. For when post-training INT8 loses too much."""
+
+    epochs: float = Field(1.0, gt=0)
+    learning_rate: float = Field(1e-5, gt=0)
+    per_channel: bool = Field(False, description="one weight scale per output channel")
+    calibration_examples: int = Field(500, gt=0, description="training rows for the ranges")
+    calibration_batch_size: int = Field(16, gt=0)
+    opset: int = Field(17, ge=14, le=21, description="ONNX opset of the export")
+
+
 class PruneStage(KDTrainStage):
     """Remove heads / FFN neurons / layers in ``iterations`` steps, each recovered with KD
     (the distill settings: ``epochs`` is the recovery per iteration)."""
@@ -157,12 +170,20 @@ class OptimizeStage(OptimizeConfig):
     """Try fp32/bf16/int8 x PyTorch/ONNX Runtime x compiled, keep the fastest within max_drop."""
 
 
-STAGE_KINDS = ("distill", "finetune", "prune", "sparsify", "export", "quantize", "optimize")
+STAGE_KINDS = (
+    "distill",
+    "finetune",
+    "prune",
+    "sparsify",
+    "export",
+    "quantize",
+    "qat",
+    "optimize",
+)
 
 
 class StageEntry(StrictConfig):
-    """One list item: exactly one of ``distill:``, ``finetune:``, ``export:``, ``quantize:``,
-    ``optimize:``."""
+    """One list item: exactly one of the ``STAGE_KINDS`` keys (``distill:``, ``qat:``, ...)."""
 
     distill: DistillStage | None = None
     finetune: FinetuneStage | None = None
@@ -170,6 +191,7 @@ class StageEntry(StrictConfig):
     sparsify: SparsifyStage | None = None
     export: ExportStage | None = None
     quantize: QuantizeStage | None = None
+    qat: QatStage | None = None
     optimize: OptimizeStage | None = None
 
     @model_validator(mode="after")
@@ -297,7 +319,7 @@ class Recipe(StrictConfig):
         if self.task == "causal-lm":
             self._check_causal_lm()
         for s in self.stages:
-            if self.teacher is None and s.kind in ("distill", "prune", "sparsify"):
+            if self.teacher is None and s.kind in ("distill", "prune", "sparsify", "qat"):
                 raise ValueError(f"a {s.kind} stage needs a teacher: add `teacher: {{model: ...}}`")
         if self.teacher is None and self.student.model is None:
             raise ValueError("without a teacher, set student.model to the model to fine-tune")

@@ -20,7 +20,7 @@ from pathlib import Path
 from slimformer.errors import OutputExistsError
 from slimformer.eval.predict import labels_of
 from slimformer.eval.variants import load_variant, torch_variant
-from slimformer.pipeline import prune_stages  # noqa: F401  (registers prune, sparsify)
+from slimformer.pipeline import prune_stages, qat_stage  # noqa: F401  (register their stages)
 from slimformer.pipeline.context import RunContext, build_context, teacher_eval_values
 from slimformer.pipeline.multitask.context import build_multitask_context
 from slimformer.pipeline.multitask.report import multitask_report
