@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader
 
 from slimformer.config import StrictConfig
 from slimformer.errors import ExportError
+from slimformer.export.sensitivity import SensitivityConfig
 from slimformer.export.onnx_export import (
     ONNX_FILE,
     UNFUSED_FILE,
@@ -51,6 +52,9 @@ class QuantizeConfig(StrictConfig):
     calibration_examples: int = Field(500, gt=0)
     calibration_batch_size: int = Field(16, gt=0)
     exclude_nodes: list[str] = Field([], description="ONNX node names kept in FP32")
+    sensitivity: SensitivityConfig | None = Field(
+        None, description="measure each layer's cost in accuracy; keep the costliest in FP32"
+    )
 
 
 class StreamingReader(CalibrationDataReader):
@@ -91,17 +95,22 @@ def quantize_onnx(
     cfg: QuantizeConfig,
     calibration: datasets.Dataset | None = None,
     collate: Callable | None = None,
+    calibration_cache: Path | None = None,
 ) -> Path:
-    """Quantize ``src`` (an exported folder or .onnx file) into ``dst_dir/model.onnx``."""
+    """Quantize ``src`` (an exported folder or .onnx file) into ``dst_dir/model.onnx``.
+    ``calibration_cache``: a JSON file of static ranges, written by the first call and read by
+    the next ones (the sensitivity search quantizes one model many times, calibrating once)."""
     from slimformer.utils.atomic import scratch_cwd
 
     src_path = onnx_folder_check(src).resolve()
     dst_dir = Path(dst_dir).resolve()
     with scratch_cwd():  # ORT's tools leave temporary files in the working directory
-        return _quantize_into(src_path, dst_dir, cfg, calibration, collate)
+        return _quantize_into(src_path, dst_dir, cfg, calibration, collate, calibration_cache)
 
 
-def _quantize_into(src_path: Path, dst_dir: Path, cfg, calibration, collate) -> Path:
+def _quantize_into(
+    src_path: Path, dst_dir: Path, cfg, calibration, collate, calibration_cache=None
+) -> Path:
     dst_dir.mkdir(parents=True, exist_ok=True)
     dst = dst_dir / ONNX_FILE
     common = dict(per_channel=cfg.per_channel, nodes_to_exclude=cfg.exclude_nodes or None)
@@ -123,7 +132,7 @@ def _quantize_into(src_path: Path, dst_dir: Path, cfg, calibration, collate) -> 
                 "use method: dynamic."
             )
         ds = calibration.select(range(min(cfg.calibration_examples, len(calibration))))
-        _quantize_static(src_path, dst, cfg, ds, collate, common)
+        _quantize_static(src_path, dst, cfg, ds, collate, common, calibration_cache)
     if src_path.parent != dst_dir:
         copy_side_files(src_path.parent, dst_dir)
     return dst
@@ -145,7 +154,13 @@ def prepared_for_static(src: Path) -> Iterator[Path]:
 
 
 def _quantize_static(
-    src: Path, dst: Path, cfg: QuantizeConfig, ds: datasets.Dataset, collate: Callable, common: dict
+    src: Path,
+    dst: Path,
+    cfg: QuantizeConfig,
+    ds: datasets.Dataset,
+    collate: Callable,
+    common: dict,
+    calibration_cache: Path | None = None,
 ) -> None:
     with prepared_for_static(src) as prepared:
         names = [i.name for i in onnx.load(str(prepared), load_external_data=False).graph.input]
@@ -164,6 +179,7 @@ def _quantize_static(
             # histogram calibration can range.
             op_types_to_quantize=["MatMul", "Gather"],
             extra_options={"CalibStridedMinMax": 1},
+            calibration_cache_path=None if calibration_cache is None else str(calibration_cache),
             **common,
         )
 

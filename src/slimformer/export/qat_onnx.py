@@ -17,7 +17,8 @@ from slimformer.utils.atomic import atomic_dir, scratch_cwd
 
 def quantizable_sites(fp32_folder: Path, model: nn.Module) -> QuantSites:
     """The Linears / embeddings of ``model`` that static INT8 of its export quantizes."""
-    with scratch_cwd(), prepared_for_static(Path(fp32_folder).resolve() / ONNX_FILE) as prepared:
+    onnx_file = Path(fp32_folder).resolve() / ONNX_FILE  # before scratch_cwd changes the cwd
+    with scratch_cwd(), prepared_for_static(onnx_file) as prepared:
         sites = find_sites(prepared, model)
     if not sites.linears:
         raise ExportError(

@@ -312,8 +312,14 @@ def quantize_stage(
         info["export"] = export_info
     out = stage_dir / "model"
     quant_cfg = QuantizeConfig(**{k: getattr(cfg, k) for k in QuantizeConfig.model_fields})
+    cache = stage_dir / "calibration_ranges.json" if quant_cfg.method == "static" else None
+    if quant_cfg.sensitivity is not None:
+        extra, info["sensitivity"] = _fp32_by_sensitivity(ctx, quant_cfg, source, cache)
+        quant_cfg = quant_cfg.model_copy(
+            update={"exclude_nodes": quant_cfg.exclude_nodes + extra}
+        )
     with atomic_dir(out) as tmp:
-        quantize_onnx(source, tmp, quant_cfg, ctx.train_ds, ctx.collate)
+        quantize_onnx(source, tmp, quant_cfg, ctx.train_ds, ctx.collate, cache)
     fp32 = onnx_variant(source, task=ctx.task).predict(ctx.eval_ds, ctx.collate)
     int8 = onnx_variant(out, task=ctx.task).predict(ctx.eval_ds, ctx.collate)
     labels = labels_of(ctx.eval_ds)
@@ -329,6 +335,49 @@ def quantize_stage(
     )
     log.info("quantized (%s): %s -> %s", cfg.method, before, after)
     return out, info
+
+
+def _fp32_by_sensitivity(
+    ctx: RunContext, cfg: QuantizeConfig, source: Path, cache: Path | None
+) -> tuple[list[str], dict]:
+    """Layers to keep FP32, measured on held-out training rows (after the calibration rows;
+    the eval set is left for the report)."""
+    from slimformer.export.sensitivity import choose_fp32_groups, graph_quantized, node_groups
+
+    wanted = cfg.sensitivity.examples
+    n_train = len(ctx.train_ds)
+    start = min(cfg.calibration_examples, n_train) if cfg.method == "static" else 0
+    if n_train - start < wanted:  # a small training set: the last rows, overlapping calibration
+        start = max(0, n_train - wanted)
+    rows = ctx.train_ds.select(range(start, min(n_train, start + wanted)))
+    if "idx" in rows.column_names:  # predictions are placed by idx: 0..n-1 for this slice
+        rows = rows.remove_columns("idx")
+    rows = rows.add_column("idx", list(range(len(rows))))
+    labels = labels_of(rows)
+    if labels is None or len(rows) == 0:
+        raise RecipeError(
+            "quantize.sensitivity measures accuracy on labeled training rows, and data.train "
+            "has none. Give data.train with a label column, or remove sensitivity."
+        )
+
+    def quantize(excluded: list[str], folder: Path) -> Path:
+        candidate = cfg.model_copy(update={"exclude_nodes": cfg.exclude_nodes + excluded})
+        quantize_onnx(source, folder, candidate, ctx.train_ds, ctx.collate, cache)
+        return folder
+
+    def outputs(folder: Path):
+        return onnx_variant(folder, task=ctx.task).predict(rows, ctx.collate)
+
+    def metric(values) -> float:
+        return ctx.task.metrics(values, labels, None)[ctx.task.primary_metric]
+
+    groups = node_groups(graph_quantized(source, cfg.method))
+    excluded, report = choose_fp32_groups(
+        groups, quantize, outputs, metric, outputs(source), cfg.sensitivity
+    )
+    report["rows"] = f"data.train[{start}:{start + len(rows)}]"
+    report["metric"] = ctx.task.primary_metric
+    return excluded, report
 
 
 def _onnx_mb(folder: Path) -> float:
