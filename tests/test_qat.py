@@ -120,3 +120,17 @@ def test_qat_stage_in_a_recipe(tiny_teacher, sst2_slice, tmp_path):
     assert stage["simulated_vs_onnx"]["agreement"] >= 0.95
     assert stage["size_mb"]["int8"] < 0.5 * stage["size_mb"]["fp32"]
     assert stage["quantized"]["linears"] > 0
+
+
+def test_cli_quantize_with_qat(tiny_teacher, sst2_slice, tmp_path):
+    import json
+
+    from slimformer.cli import main
+
+    args = ["quantize", str(tiny_teacher), "--data", str(sst2_slice["dev"])]
+    args += ["--calibration-data", str(sst2_slice["train"]), "--text-column", "sentence"]
+    args += ["--method", "qat", "--qat-steps", "2", "--calibration-examples", "16"]
+    assert main([*args, "--output", str(tmp_path / "q")]) == 0
+    report = json.loads((tmp_path / "q" / "report.json").read_text())
+    assert report["stages"][0]["kind"] == "qat" and report["stages"][0]["steps"] == 2
+    assert report["student"]["runtime"] == "onnxruntime"

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from slimformer.errors import RecipeError
 from slimformer.pipeline.recipe import load_recipe, parse_recipe, set_by_path
 
 log = logging.getLogger("slimformer")
@@ -209,17 +210,32 @@ def quantize(
     label_column: str = "label",
     max_length: int = 128,
     teacher: str | None = None,
+    keep_fp32_within: float | None = None,
+    qat_steps: int | None = None,
     **kw: Any,
 ) -> dict:
-    """INT8 with ONNX Runtime (dynamic, or static calibrated on ``calibration_data``)."""
-    stage = {
-        "quantize": {
+    """INT8 with ONNX Runtime: dynamic, static calibrated on ``calibration_data``, or ``qat``
+    (quantization-aware training on ``calibration_data`` with KD from ``teacher``, by default
+    the model itself). ``keep_fp32_within``: measure each layer's cost and keep the costliest
+    in FP32 until the drop on held-out training rows is within that many points."""
+    if method == "qat":
+        if keep_fp32_within is not None:
+            raise RecipeError("keep_fp32_within applies to dynamic/static quantization, not qat")
+        settings = {"per_channel": per_channel, "calibration_examples": calibration_examples}
+        if qat_steps is not None:
+            settings["max_steps"] = qat_steps
+        stage = {"qat": settings}
+        teacher = teacher or model
+    else:
+        settings = {
             "method": method,
             "per_channel": per_channel,
             "calibration": calibration,
             "calibration_examples": calibration_examples,
         }
-    }
+        if keep_fp32_within is not None:
+            settings["sensitivity"] = {"max_drop": keep_fp32_within}
+        stage = {"quantize": settings}
     recipe = _ship_recipe(
         model,
         data,

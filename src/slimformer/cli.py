@@ -23,7 +23,9 @@ EXAMPLES = {
     "--text-column sentence --output runs/sst2-kd-onnx",
     "quantize": "example:\n  slimformer quantize ../shared/models/minilm-l6-sst2 --data "
     "../shared/data/sst2/dev.tsv --text-column sentence --method static --calibration-data "
-    "../shared/data/sst2/train.tsv --teacher ../shared/models/minilm-l6-sst2 --output runs/int8",
+    "../shared/data/sst2/train.tsv --teacher ../shared/models/minilm-l6-sst2 --output runs/int8\n"
+    "  slimformer quantize ... --method static --keep-fp32-within 0.3   (sensitive layers FP32)\n"
+    "  slimformer quantize ... --method qat --qat-steps 800              (quantization-aware)",
     "optimize": "example:\n  slimformer optimize ../shared/models/minilm-l6-sst2 --data "
     "../shared/data/sst2/dev.tsv --calibration-data ../shared/data/sst2/train.tsv "
     "--text-column sentence --max-drop 0.3 --batch-sizes 1,32 --output runs/teacher-optimized\n"
@@ -148,14 +150,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "quantize",
-        help="INT8 with ONNX Runtime (dynamic or static)",
+        help="INT8 with ONNX Runtime (dynamic, static or quantization-aware training)",
         epilog=EXAMPLES["quantize"],
         formatter_class=fmt,
     )
     p.add_argument("model", help="model folder (PyTorch, or an exported ONNX folder)")
     p.add_argument("--data", required=True, help="labeled evaluation data")
-    p.add_argument("--method", choices=["dynamic", "static"], default="dynamic")
+    p.add_argument(
+        "--method",
+        choices=["dynamic", "static", "qat"],
+        default="dynamic",
+        help="qat: quantization-aware training (KD from --teacher, default the model itself) "
+        "on --calibration-data, exported as static INT8",
+    )
     p.add_argument("--per-channel", action="store_true")
+    p.add_argument(
+        "--keep-fp32-within",
+        type=float,
+        metavar="POINTS",
+        help="measure each layer's accuracy cost; keep the costliest in FP32 until the drop "
+        "on held-out training rows is within POINTS",
+    )
+    p.add_argument("--qat-steps", type=int, help="qat: optimizer steps (default one epoch)")
     p.add_argument("--calibration", choices=["minmax", "entropy", "percentile"], default="minmax")
     p.add_argument("--calibration-examples", type=int, default=500)
     p.add_argument("--calibration-data", help="data for static calibration (default: --data)")
@@ -375,6 +391,8 @@ def dispatch(args: argparse.Namespace) -> dict:
             calibration_examples=args.calibration_examples,
             calibration_data=args.calibration_data,
             teacher=args.teacher,
+            keep_fp32_within=args.keep_fp32_within,
+            qat_steps=args.qat_steps,
             **data_kw,
             **run_kw,
         )
