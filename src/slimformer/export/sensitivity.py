@@ -41,22 +41,40 @@ class SensitivityConfig(StrictConfig):
 
 
 def node_groups(onnx_path: Path) -> dict[str, list[str]]:
-    """Quantizable node names by layer, in graph order."""
+    """Quantizable node names by layer, in graph order. Fused nodes without a layer in their
+    name (ORT's ``Attention_3``) belong to the layer of the next named node: a fused block
+    comes just before the rest of its layer in the graph."""
     graph = onnx.load(str(onnx_path), load_external_data=False).graph
     inits = {t.name for t in graph.initializer}
-    groups: dict[str, list[str]] = {}
-    for node in graph.node:
-        if node.op_type not in WEIGHTED_OPS or not any(i in inits for i in node.input):
-            continue
+    weighted = [
+        n for n in graph.node if n.op_type in WEIGHTED_OPS and any(i in inits for i in n.input)
+    ]
+    labels: list[str | None] = []
+    for node in weighted:
         found = _LAYER.search(node.name)
         if found:
-            group = f"layer {found.group(1)}"
+            labels.append(f"layer {found.group(1)}")
         elif "embed" in node.name.lower():
-            group = "embeddings"
+            labels.append("embeddings")
         else:
-            group = "head"
-        groups.setdefault(group, []).append(node.name)
-    return groups
+            labels.append(None)
+    following = "head"  # what is left after the last layer: pooler, classifier
+    for i in range(len(labels) - 1, -1, -1):
+        if labels[i] is None:
+            labels[i] = following if following.startswith("layer ") else "head"
+        following = labels[i]
+    groups: dict[str, list[str]] = {}
+    for node, label in zip(weighted, labels, strict=True):
+        groups.setdefault(label, []).append(node.name)
+    return dict(sorted(groups.items(), key=lambda kv: _order(kv[0])))
+
+
+def _order(group: str) -> tuple[int, int]:
+    if group == "embeddings":
+        return (0, 0)
+    if group.startswith("layer "):
+        return (1, int(group.split()[1]))
+    return (2, 0)
 
 
 def graph_quantized(src_folder: Path, method: str) -> Path:
