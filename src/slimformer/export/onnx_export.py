@@ -8,6 +8,8 @@ exporter is the fallback for models the tracer cannot handle.
 
 import logging
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import onnx
@@ -70,8 +72,9 @@ def export_onnx(
     names = list(inputs)
     raw = out_dir / "raw.onnx"
     axes = {n: {0: "batch", 1: "sequence"} for n in names} | {"logits": {0: "batch"}}
+    fuse = optimize and model.config.model_type in _ORT_MODEL_TYPES
     try:
-        with torch.no_grad():
+        with torch.no_grad(), _eager_attention(model, fuse):
             # Positional inputs, named in forward()'s order: exporting through kwargs can name
             # the graph inputs in another order than they are bound (seen with transformers 5).
             torch.onnx.export(
@@ -89,7 +92,7 @@ def export_onnx(
         log.warning("TorchScript ONNX export failed (%s); trying the torch.export path", e)
         _export_dynamo(model, inputs, raw, opset)
     target = out_dir / ONNX_FILE
-    if optimize and model.config.model_type in _ORT_MODEL_TYPES:
+    if fuse:
         _optimize(raw, target, model)
         raw.rename(out_dir / UNFUSED_FILE)
     else:
@@ -97,6 +100,23 @@ def export_onnx(
     model.config.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     return target
+
+
+@contextmanager
+def _eager_attention(model: PreTrainedModel, wanted: bool) -> Iterator[None]:
+    """Trace the eager attention (matmul, softmax, matmul) instead of SDPA: ORT's transformer
+    optimizer fuses that pattern into its Attention / EmbedLayerNormalization ops (it does not
+    recognise the SDPA export), which makes ORT FP32 ~1.15x and dynamic INT8 ~1.2x faster at
+    bs32 (benchmarks/ort_attention_fusion.py). Same math: parity is checked after export."""
+    before = getattr(model.config, "_attn_implementation", None)
+    if not wanted or before in (None, "eager"):
+        yield
+        return
+    model.set_attn_implementation("eager")
+    try:
+        yield
+    finally:
+        model.set_attn_implementation(before)
 
 
 def _export_dynamo(model, inputs: dict, path: Path, opset: int) -> None:
