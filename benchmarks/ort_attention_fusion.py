@@ -38,7 +38,10 @@ def main() -> None:
             export_onnx(model, tok, fp32)
             int8 = Path(tmp) / f"{attn}-int8"
             quantize_onnx(fp32, int8, QuantizeConfig(method="dynamic"))
-            for name, folder in ((f"ort fp32 ({attn} export)", fp32), (f"ort dyn int8 ({attn} export)", int8)):
+            for name, folder in (
+                (f"ort fp32 ({attn} export)", fp32),
+                (f"ort dyn int8 ({attn} export)", int8),
+            ):
                 v = onnx_variant(folder)
                 runners[name] = (v.run, v.vocab_size)
         with torch.inference_mode():

@@ -89,4 +89,6 @@ def test_quantize_stage_with_sensitivity(tiny_teacher, sst2_slice, tmp_path):
     assert len(sens["groups"]) >= 3 and len(sens["fp32_groups"]) <= 1
     assert sens["rows"] == "data.train[16:48]"
     excluded = stage["config"]["exclude_nodes"]
-    assert len(excluded) == sum(g["nodes"] for g in sens["groups"] if g["group"] in sens["fp32_groups"])
+    assert len(excluded) == sum(
+        g["nodes"] for g in sens["groups"] if g["group"] in sens["fp32_groups"]
+    )

@@ -30,19 +30,29 @@ from torch.utils.data import DataLoader
 
 from slimformer.config import StrictConfig
 from slimformer.errors import ExportError
-from slimformer.export.sensitivity import SensitivityConfig
 from slimformer.export.onnx_export import (
     ONNX_FILE,
     UNFUSED_FILE,
     copy_side_files,
     onnx_folder_check,
 )
+from slimformer.export.sensitivity import SensitivityConfig
 
 _CALIBRATION = {
     "minmax": CalibrationMethod.MinMax,
     "entropy": CalibrationMethod.Entropy,
     "percentile": CalibrationMethod.Percentile,
 }
+
+# Static QDQ settings. U8 activations / S8 weights: ORT's recommended setting for x86 CPUs.
+# MatMuls carry the compute, Gather the embedding table (most of the size). Other ops stay fp32:
+# the additive attention mask holds -inf/min-float values that no histogram calibration can range.
+_STATIC = dict(
+    quant_format=QuantFormat.QDQ,
+    activation_type=QuantType.QUInt8,
+    weight_type=QuantType.QInt8,
+    op_types_to_quantize=["MatMul", "Gather"],
+)
 
 
 class QuantizeConfig(StrictConfig):
@@ -165,19 +175,12 @@ def _quantize_static(
     with prepared_for_static(src) as prepared:
         names = [i.name for i in onnx.load(str(prepared), load_external_data=False).graph.input]
         reader = StreamingReader(ds, collate, cfg.calibration_batch_size, names)
-        # U8 activations / S8 weights: ORT's recommended setting for x86 CPUs.
         quantize_static(
             str(prepared),
             str(dst),
             reader,
-            quant_format=QuantFormat.QDQ,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
             calibrate_method=_CALIBRATION[cfg.calibration],
-            # MatMuls carry the compute, Gather the embedding table (most of the size). Other
-            # ops stay fp32: the additive attention mask holds -inf/min-float values that no
-            # histogram calibration can range.
-            op_types_to_quantize=["MatMul", "Gather"],
+            **_STATIC,
             extra_options={"CalibStridedMinMax": 1},
             calibration_cache_path=None if calibration_cache is None else str(calibration_cache),
             **common,
@@ -209,11 +212,8 @@ def quantize_with_ranges(
             str(prepared),
             str(dst),
             None,
-            quant_format=QuantFormat.QDQ,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
             calibrate_method=CalibrationMethod.MinMax,
-            op_types_to_quantize=["MatMul", "Gather"],
+            **_STATIC,
             nodes_to_quantize=nodes,
             per_channel=per_channel,
             extra_options={"OpTypesToExcludeOutputQuantization": ["MatMul", "Gather"]},

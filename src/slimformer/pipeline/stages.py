@@ -315,9 +315,7 @@ def quantize_stage(
     cache = stage_dir / "calibration_ranges.json" if quant_cfg.method == "static" else None
     if quant_cfg.sensitivity is not None:
         extra, info["sensitivity"] = _fp32_by_sensitivity(ctx, quant_cfg, source, cache)
-        quant_cfg = quant_cfg.model_copy(
-            update={"exclude_nodes": quant_cfg.exclude_nodes + extra}
-        )
+        quant_cfg = quant_cfg.model_copy(update={"exclude_nodes": quant_cfg.exclude_nodes + extra})
     with atomic_dir(out) as tmp:
         quantize_onnx(source, tmp, quant_cfg, ctx.train_ds, ctx.collate, cache)
     fp32 = onnx_variant(source, task=ctx.task).predict(ctx.eval_ds, ctx.collate)

@@ -9,9 +9,11 @@ What is quantized, as ORT quantizes it (``onnxruntime/quantization/quant_utils.c
   output channel, from the current weights (so the grid follows the weights as they train);
 - an embedding table (ORT's quantized Gather): uint8, asymmetric, from the table's own min/max.
 
-Gradients pass through the rounding unchanged inside the range (the straight-through estimator). Activation ranges are calibrated once and then fixed,
-as in NVIDIA's calibrate-then-fine-tune QAT: the ranges do not depend on which checkpoint is
-kept, and the export reuses them exactly.
+Gradients pass through the rounding unchanged inside the range (the straight-through
+estimator). Activation ranges are calibrated once and then fixed, as in NVIDIA's
+calibrate-then-fine-tune QAT: the ranges do not depend on which checkpoint is kept, and the
+export reuses them exactly. Only a quantized Linear's input is rounded; the other readers of
+the same tensor (a residual connection) see it in full precision, in the INT8 graph too.
 
 The fake quantization is a replacement ``forward`` on the module instance: the model's
 parameters, state dict and ``save_pretrained`` folder stay those of the plain model.
