@@ -120,6 +120,10 @@ def test_qat_stage_in_a_recipe(tiny_teacher, sst2_slice, tmp_path):
     assert stage["simulated_vs_onnx"]["agreement"] >= 0.95
     assert stage["size_mb"]["int8"] < 0.5 * stage["size_mb"]["fp32"]
     assert stage["quantized"]["linears"] > 0
+    from slimformer.export.torch_runtime import read_runtime_spec
+
+    spec = read_runtime_spec(tmp_path / "run" / "model")
+    assert spec.precision == "int8" and spec.quantization == "ort-static-qat"
 
 
 def test_cli_quantize_with_qat(tiny_teacher, sst2_slice, tmp_path):

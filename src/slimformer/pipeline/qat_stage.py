@@ -30,6 +30,7 @@ from slimformer.pipeline.stages import (
     _train,
     export_stage,
     kd_loss,
+    mark_int8,
     train_summary,
     trainable_model,
 )
@@ -76,6 +77,7 @@ def qat_stage(
         min(cfg.calibration_examples, len(ctx.train_ds)),
     )
     int8_with_ranges(fp32_dir, model, stage_dir / "ptq", ranges, cfg.per_channel)
+    mark_int8(stage_dir / "ptq", "ort-static")
     fp32_metrics, _ = _onnx_metrics(ctx, fp32_dir)
     ptq_metrics, _ = _onnx_metrics(ctx, stage_dir / "ptq")
     log.info("post-training INT8 (same ranges): %s (fp32 %s)", ptq_metrics, fp32_metrics)
@@ -101,6 +103,7 @@ def qat_stage(
     qat_fp32, _ = export_stage(ctx, export, result.model_dir, stage_dir / "qat-fp32", resume)
     out = stage_dir / "model"
     int8_with_ranges(qat_fp32, trained, out, ranges, cfg.per_channel)
+    mark_int8(out, "ort-static-qat")
     qat_metrics, int8_values = _onnx_metrics(ctx, out)
     with fake_quantized(trained, linears, tables, ranges, cfg.per_channel):
         simulated = predict(trained, ctx.task, ctx.eval_ds, ctx.collate)

@@ -13,6 +13,7 @@ from slimformer.eval.variants import is_onnx_folder, onnx_variant
 from slimformer.export.onnx_export import export_onnx
 from slimformer.export.ort_quantize import QuantizeConfig, quantize_onnx
 from slimformer.export.parity import check_parity, parity
+from slimformer.export.torch_runtime import RuntimeSpec, write_runtime_spec
 from slimformer.methods.distill.layerwise.distiller import LayerwiseDistiller
 from slimformer.methods.distill.objective import DistillLossConfig, KDLoss, make_loss_fn
 from slimformer.models.freeze import freeze_embeddings, freeze_encoder
@@ -318,6 +319,7 @@ def quantize_stage(
         quant_cfg = quant_cfg.model_copy(update={"exclude_nodes": quant_cfg.exclude_nodes + extra})
     with atomic_dir(out) as tmp:
         quantize_onnx(source, tmp, quant_cfg, ctx.train_ds, ctx.collate, cache)
+        mark_int8(tmp, f"ort-{quant_cfg.method}")
     fp32 = onnx_variant(source, task=ctx.task).predict(ctx.eval_ds, ctx.collate)
     int8 = onnx_variant(out, task=ctx.task).predict(ctx.eval_ds, ctx.collate)
     labels = labels_of(ctx.eval_ds)
@@ -376,6 +378,14 @@ def _fp32_by_sensitivity(
     report["rows"] = f"data.train[{start}:{start + len(rows)}]"
     report["metric"] = ctx.task.primary_metric
     return excluded, report
+
+
+def mark_int8(folder: Path, quantization: str) -> None:
+    """The folder says how it runs (``slimformer_runtime.json``), so bench and reports name its
+    precision without opening the graph."""
+    write_runtime_spec(
+        folder, RuntimeSpec(runtime="onnxruntime", precision="int8", quantization=quantization)
+    )
 
 
 def _onnx_mb(folder: Path) -> float:
