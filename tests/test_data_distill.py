@@ -252,3 +252,16 @@ def test_teachers_with_other_labels_fail_before_training(
     tree["teacher"]["also"] = [{"model": str(swapped)}]
     with pytest.raises(RecipeError, match="same label set"):
         run(tree, tmp_path / "bad", cache_dir=str(cache_dir))
+
+
+def test_curriculum_batches_group_similar_lengths():
+    rng = np.random.default_rng(0)
+    confidence = rng.random(640)
+    lengths = rng.integers(5, 60, 640)
+    batches = curriculum_order(confidence, 20, 32, "root", 0.3, lengths=lengths)
+    padding = sum(32 * lengths[b].max() - lengths[b].sum() for b in map(np.array, batches))
+    plain = curriculum_order(confidence, 20, 32, "root", 0.3)
+    padding_plain = sum(32 * lengths[b].max() - lengths[b].sum() for b in map(np.array, plain))
+    assert padding < 0.5 * padding_plain
+    ranking = easy_to_hard(confidence)
+    assert set(batches[0]) <= set(ranking[: int(0.3 * 640) + 1].tolist())  # still easy first

@@ -95,6 +95,7 @@ def choose_training_data(
             cfg.curriculum.pacing,
             cfg.curriculum.start,
             ctx.recipe.seed,
+            lengths=np.array([len(x) for x in train_ds["input_ids"]]),
         )
         info["curriculum"] = cfg.curriculum.model_dump()
     return train_ds, sampler, info

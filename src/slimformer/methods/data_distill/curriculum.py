@@ -38,25 +38,36 @@ def curriculum_order(
     pace: str = "linear",
     start: float = 0.3,
     seed: int = 0,
+    lengths: np.ndarray | None = None,
+    group: int = 16,
 ) -> list[list[int]]:
-    """``num_batches`` batches of indices: batch b draws (without repeats inside the pool until
-    it is used up) from the easiest pacing(b / num_batches) share of the data."""
+    """``num_batches`` batches of indices. Every ``group`` batches draw together (without
+    repeats until the pool is used up) from the easiest pacing(b / num_batches) share of the
+    data; with ``lengths``, the group is sorted by length before it is cut into batches (as the
+    loop's default sampler does), so batches carry little padding, and the batches of a group
+    come in shuffled order."""
+    n = len(confidence)
     ranking = easy_to_hard(confidence)
     rng = np.random.default_rng(seed)
-    batches, used = [], set()
-    pool: list[int] = []
-    for b in range(num_batches):
+    used = np.zeros(n, dtype=bool)
+    batches: list[list[int]] = []
+    while len(batches) < num_batches:
+        b = len(batches)
         share = pacing(pace, b / max(num_batches - 1, 1), start)
-        allowed = ranking[: max(batch_size, math.ceil(share * len(ranking)))]
-        fresh = [int(i) for i in allowed if int(i) not in used]
+        allowed = ranking[: min(n, max(batch_size, math.ceil(share * n)))]
+        fresh = allowed[~used[allowed]]
         if len(fresh) < batch_size:  # the allowed pool is used up: start it over
-            used.clear()
-            fresh = [int(i) for i in allowed]
-        pool = list(rng.permutation(fresh))
-        batch = pool[:batch_size]
-        used.update(batch)
-        batches.append(batch)
-    return batches
+            used[allowed] = False
+            fresh = allowed
+        k = max(1, min(group, num_batches - b, len(fresh) // batch_size))
+        pick = rng.choice(fresh, size=min(len(fresh), k * batch_size), replace=False)
+        used[pick] = True
+        if lengths is not None:
+            pick = pick[np.argsort(-np.asarray(lengths)[pick], kind="stable")]
+        chunk = [pick[i : i + batch_size].tolist() for i in range(0, len(pick), batch_size)]
+        rng.shuffle(chunk)
+        batches += chunk[: num_batches - b]
+    return [[int(i) for i in batch] for batch in batches]
 
 
 class CurriculumBatchSampler:
@@ -72,10 +83,13 @@ class CurriculumBatchSampler:
         pace: str = "linear",
         start: float = 0.3,
         seed: int = 0,
+        lengths: np.ndarray | None = None,
     ) -> None:
         self.per_epoch = math.ceil(len(confidence) / batch_size)
         total = max(1, math.ceil(epochs * self.per_epoch))
-        self.all_batches = curriculum_order(confidence, total, batch_size, pace, start, seed)
+        self.all_batches = curriculum_order(
+            confidence, total, batch_size, pace, start, seed, lengths
+        )
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
