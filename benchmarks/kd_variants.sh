@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Issue 4 comparisons on SST-2, one run at a time, 1 epoch each (the shipped recipes train 3):
-# plain KD (random order) vs curriculum, RKD on vs off, multi-teacher vs the reference teacher.
+# plain KD (random order) vs curriculum, RKD on vs off, multi-teacher vs each teacher alone.
 # The second teacher is fine-tuned first (recipes/sst2-teacher-seed1.yaml, 1 epoch).
 #   bash benchmarks/kd_variants.sh [OUT=runs/kd-variants]
 set -euo pipefail
@@ -15,6 +15,9 @@ done
 [ -f runs/sst2-teacher-seed1/report.json ] || \
   $S run recipes/sst2-teacher-seed1.yaml --output runs/sst2-teacher-seed1 --overwrite > "$OUT/teacher-seed1.log" 2>&1
 $S run recipes/sst2-multi-teacher.yaml --output "$OUT/multi-teacher-1ep" "${ONE_EPOCH[@]}" > "$OUT/multi-teacher-1ep.log" 2>&1
+# the second teacher alone (it is the stronger one on dev), for "multi-teacher vs the best single"
+$S run recipes/sst2-kd.yaml --output "$OUT/kd-teacher2-1ep" --set teacher.model=runs/sst2-teacher-seed1/model \
+  "${ONE_EPOCH[@]}" > "$OUT/kd-teacher2-1ep.log" 2>&1
 .venv/bin/python - "$OUT" <<'PY'
 import json, sys
 from pathlib import Path
