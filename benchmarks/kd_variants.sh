@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Issue 4 comparisons on SST-2, one run at a time, 1 epoch each (the shipped recipes train 3):
-# plain KD (random order) vs curriculum, RKD on vs off, multi-teacher vs each teacher alone.
+# plain KD (random order) vs curriculum, RKD on vs off, multi-teacher vs the reference teacher.
 # The second teacher is fine-tuned first (recipes/sst2-teacher-seed1.yaml, 1 epoch).
 #   bash benchmarks/kd_variants.sh [OUT=runs/kd-variants]
 set -euo pipefail
