@@ -138,3 +138,16 @@ def test_cli_quantize_with_qat(tiny_teacher, sst2_slice, tmp_path):
     report = json.loads((tmp_path / "q" / "report.json").read_text())
     assert report["stages"][0]["kind"] == "qat" and report["stages"][0]["steps"] == 2
     assert report["student"]["runtime"] == "onnxruntime"
+
+
+def test_qat_refuses_sensitivity_and_an_export_of_another_model(tiny_setup, tmp_path):
+    from slimformer import api
+    from slimformer.errors import ExportError, RecipeError
+    from tests.conftest import tiny_config
+
+    with pytest.raises(RecipeError, match="keep_fp32_within applies to dynamic/static"):
+        api.quantize("m", "d.tsv", tmp_path / "q", method="qat", keep_fp32_within=0.3)
+    _, folder, _ = tiny_setup
+    stranger = AutoModelForSequenceClassification.from_config(tiny_config(num_labels=2))
+    with pytest.raises(ExportError, match="No Linear layer of the model was found"):
+        quantizable_sites(folder, stranger)
