@@ -92,4 +92,3 @@ def test_quantize_stage_with_sensitivity(tiny_teacher, sst2_slice, tmp_path):
     assert len(excluded) == sum(
         g["nodes"] for g in sens["groups"] if g["group"] in sens["fp32_groups"]
     )
-
