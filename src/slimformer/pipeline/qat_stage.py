@@ -8,6 +8,7 @@
    metrics side by side, and how closely the simulation predicted the ONNX model.
 """
 
+import json
 import logging
 from pathlib import Path
 
@@ -42,8 +43,6 @@ RANGES_FILE = "activation_ranges.json"
 
 def _ranges(ctx: RunContext, cfg: QatStage, model, names: list[str], stage_dir: Path):
     """Calibrated once and kept in the stage folder, so --resume trains with the same ranges."""
-    import json
-
     path = stage_dir / RANGES_FILE
     if path.exists():
         saved = json.loads(path.read_text(encoding="utf-8"))
