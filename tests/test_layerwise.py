@@ -358,3 +358,45 @@ def test_layerwise_errors_before_training(tiny_teacher, sst2_slice, tmp_path, ca
     )
     with pytest.raises(RecipeError, match="out of range"):
         run(tree, tmp_path / "c", cache_dir=str(cache_dir))
+
+
+def test_one_teacher_pass_per_batch_and_bf16_stages(
+    tiny_teacher, sst2_slice, tmp_path, cache_dir, monkeypatch
+):
+    """With layer-wise terms the teacher's forward for the hidden states also fills the logit
+    cache (the soft-label path never runs it a second time); a bf16 stage (student autocast,
+    teacher bf16) follows an fp32 one in the same process, its teacher outputs cached apart."""
+    from slimformer.api import run
+    from slimformer.methods.distill.teacher_targets import TeacherTargets
+    from tests.conftest import sst2_recipe
+
+    fills = []
+    original = TeacherTargets._fill
+    monkeypatch.setattr(
+        TeacherTargets,
+        "_fill",
+        lambda self, *a: fills.append(self.cache.num_rows) or original(self, *a),
+    )
+    tree = sst2_recipe(tiny_teacher, sst2_slice)
+    tree["student"] = {"layers": 2, "hidden_size": 16, "num_heads": 2, "intermediate_size": 32}
+    tree["data"] |= {"max_train_examples": 48}
+    stage = {
+        "epochs": 1,
+        "batch_size": 16,
+        "learning_rate": 1e-3,
+        "intermediate": {
+            "terms": {"hidden_mse": 1, "attention_kl": 1},
+            "heads": "regroup",
+            "relation_heads": 2,
+        },
+    }
+    bf16 = stage | {"mixed_precision": "bf16", "teacher_precision": "bf16"}
+    tree["stages"] = [{"distill": stage}, {"distill": bf16}]
+    report = run(tree, tmp_path / "out", cache_dir=str(cache_dir / "one-pass"))
+    fp32_stage, bf16_stage = report["stages"]
+    # the teacher ran for logits on the eval set only (the fidelity reference): every training
+    # row's logits came from the layer-wise teacher pass
+    assert 48 not in fills and fills
+    assert fp32_stage["teacher_precision"] == "fp32" and bf16_stage["teacher_precision"] == "bf16"
+    assert fp32_stage["cache_dir"] != bf16_stage["cache_dir"]
+    assert math.isfinite(report["student"]["metrics"]["accuracy"])

@@ -35,6 +35,11 @@ from slimformer.utils.hashing import fingerprint_arrays, fingerprint_files
 log = logging.getLogger("slimformer")
 
 
+def _precision_key(precision: str) -> str:
+    """Cache-key part of the teacher's precision; fp32 adds nothing, so older caches stay valid."""
+    return "" if precision == "fp32" else precision
+
+
 def default_cache_dir() -> Path:
     return Path(os.environ.get("SLIMFORMER_CACHE", Path.home() / ".cache" / "slimformer"))
 
@@ -82,15 +87,17 @@ class RunContext:
             fp = fingerprint_arrays([v.numpy() for v in load().state_dict().values()])
         return fingerprint_arrays([], extra=fp + self.task.name)
 
-    def teacher_targets(self, ds: datasets.Dataset, mixed: bool = True):
+    def teacher_targets(self, ds: datasets.Dataset, mixed: bool = True, precision: str = "fp32"):
         """The teacher's outputs for ``ds`` (cached). With ``teacher.also`` and ``mixed``, the
-        mix of every teacher's outputs; ``mixed=False`` is the primary teacher alone."""
-        data_fp = dataset_fingerprint(ds, MODEL_INPUTS)
+        mix of every teacher's outputs; ``mixed=False`` is the primary teacher alone.
+        ``precision``: the teacher passes in fp32 or bf16 autocast (cached apart)."""
+        data_fp = dataset_fingerprint(ds, MODEL_INPUTS, extra=_precision_key(precision))
         root = self.cache_root / "teacher"
         primary = TeacherTargets(
             self.task,
             TeacherCache(root, self.teacher_fingerprint(), data_fp, len(ds)),
             self.load_teacher,
+            precision,
         )
         extras = self.recipe.teacher.also if self.recipe.teacher else []
         if not mixed or not extras:
@@ -105,13 +112,13 @@ class RunContext:
 
             loader = self._extra_loaders.setdefault(ref, _once(load))
             cache = TeacherCache(root, self._fingerprint(ref, loader), data_fp, len(ds))
-            targets.append(TeacherTargets(self.task, cache, loader))
+            targets.append(TeacherTargets(self.task, cache, loader, precision))
         weights = [self.recipe.teacher.weight] + [e.weight for e in extras]
         return MultiTeacherTargets(targets, weights, self.recipe.teacher.mix)
 
-    def teacher_state_cache_opener(self, ds: datasets.Dataset):
+    def teacher_state_cache_opener(self, ds: datasets.Dataset, precision: str = "fp32"):
         """``layout -> TeacherStateCache`` for the teacher's internal states on ``ds``."""
-        data_fp = dataset_fingerprint(ds, MODEL_INPUTS)
+        data_fp = dataset_fingerprint(ds, MODEL_INPUTS, extra=_precision_key(precision))
         lengths = np.array([len(x) for x in ds["input_ids"]], dtype=np.int64)
         root = self.cache_root / "teacher_states"
 

@@ -92,7 +92,9 @@ class DistillStage(KDTrainStage):
     )
     top_k: int = Field(64, gt=0, description="causal-lm, teacher_logits topk: tokens kept")
     teacher_precision: Literal["fp32", "bf16"] = Field(
-        "fp32", description="causal-lm: the teacher's forward passes in fp32 or bf16 autocast"
+        "fp32",
+        description="the teacher's forward passes (soft labels, layer-wise states) in fp32 or "
+        "bf16 autocast: several times faster on CPUs with bf16 units; cached apart from fp32",
     )
 
 

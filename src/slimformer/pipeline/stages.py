@@ -131,14 +131,23 @@ def kd_loss(
     """The stage's KD loss; with ``intermediate``, the layer-wise terms too (mapping checked
     and logged here, before training starts). ``rows``: the training rows (state cache key)."""
     loss_cfg = DistillLossConfig(**{k: getattr(cfg, k) for k in DistillLossConfig.model_fields})
+    precision = getattr(cfg, "teacher_precision", "fp32")
     layerwise, info = None, {}
     if loss_cfg.intermediate is not None:
         inter = loss_cfg.intermediate
         state_cache = None
         if inter.teacher_states == "cache":
-            state_cache = ctx.teacher_state_cache_opener(ctx.train_ds if rows is None else rows)
+            state_cache = ctx.teacher_state_cache_opener(
+                ctx.train_ds if rows is None else rows, precision
+            )
         layerwise = LayerwiseDistiller(
-            inter, model, ctx.load_teacher, ctx.task.forward, ctx.recipe.seed, state_cache
+            inter,
+            model,
+            ctx.load_teacher,
+            ctx.task.forward,
+            ctx.recipe.seed,
+            state_cache,
+            precision,
         )
         info = layerwise.describe()
         if layerwise.state_cache is not None:
@@ -164,7 +173,7 @@ def distill_stage(
     if ctx.task.name == "causal-lm":
         targets, lm_info = lm_teacher_targets(ctx, cfg, rows)
     else:
-        targets = ctx.teacher_targets(rows)
+        targets = ctx.teacher_targets(rows, precision=cfg.teacher_precision)
     if targets.cache is not None:
         log.info(
             "teacher cache %s: %d/%d training examples already cached",
@@ -204,6 +213,7 @@ def distill_stage(
         "teacher_forward_examples": targets.teacher_examples,
         "cached_examples": targets.cached_examples,
         "cache_dir": str(targets.cache.dir) if targets.cache is not None else None,
+        "teacher_precision": cfg.teacher_precision,
         **lm_info,
         **rows_info,
         **data_info,

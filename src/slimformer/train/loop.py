@@ -12,6 +12,7 @@ from pathlib import Path
 import datasets
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -56,6 +57,16 @@ def _optimizer(modules: list[torch.nn.Module], cfg: TrainConfig) -> torch.optim.
         return torch.optim.AdamW(groups, lr=cfg.learning_rate)
 
 
+def _allow_precision_change(mixed_precision: str) -> None:
+    """Accelerate keeps one process-wide state and refuses a second Accelerator with another
+    ``mixed_precision``; a recipe whose stages differ (fp32 fine-tuning, then bf16 distillation)
+    runs them in one process, so the precision part of that state is reset (the process group,
+    held by PartialState, is kept)."""
+    state = AcceleratorState._shared_state
+    if state and state.get("_mixed_precision", mixed_precision) != mixed_precision:
+        AcceleratorState._reset_state(reset_partial_state=False)
+
+
 def _trained_parameters(model: torch.nn.Module, loss_fn) -> list[torch.nn.Parameter]:
     aux = getattr(loss_fn, "aux_module", None)
     return list(model.parameters()) + (list(aux.parameters()) if aux is not None else [])
@@ -94,6 +105,7 @@ def train(
     ``lower_is_better``: the best checkpoint minimises ``primary_metric`` (perplexity)."""
     out_dir = Path(out_dir)
     set_seed(seed)
+    _allow_precision_change(cfg.mixed_precision)
     accelerator = Accelerator(
         cpu=use_cpu(),
         gradient_accumulation_steps=cfg.grad_accum,

@@ -65,6 +65,10 @@ class MultiTeacherTargets:
         mixed = combine([v.cpu().numpy() for v in values], self.weights, self.mode)
         return torch.from_numpy(mixed.astype(np.float32)).to(values[0].device)
 
+    def offer(self, batch: dict, values) -> None:
+        """The primary teacher's outputs from a forward run elsewhere (see TeacherTargets)."""
+        self.targets[0].offer(batch, values)
+
     def all_values(self, ds, collate, batch_size: int = 128) -> np.ndarray:
         values = [t.all_values(ds, collate, batch_size) for t in self.targets]
         return combine(values, self.weights, self.mode).astype(np.float32)

@@ -8,13 +8,13 @@ about 2.5x faster on CPUs with bf16 units (measured on an AMD EPYC with AVX512-B
 """
 
 from collections.abc import Callable
-from contextlib import nullcontext
 
 import numpy as np
 import torch
 from transformers import PreTrainedModel
 
 from slimformer.methods.distill.losses.token_support import TopKLogProbs
+from slimformer.methods.distill.teacher_targets import teacher_precision
 from slimformer.methods.distill.topk_cache import TopKCache
 from slimformer.tasks.base import Task
 
@@ -48,12 +48,7 @@ class LMTeacherTargets:
     def _logits(self, batch: dict) -> torch.Tensor:
         """(n, V) teacher logits at the student's aligned positions."""
         teacher = self.teacher(batch["input_ids"].device)
-        autocast = (
-            torch.autocast(batch["input_ids"].device.type, dtype=torch.bfloat16)
-            if self.precision == "bf16"
-            else nullcontext()
-        )
-        with torch.inference_mode(), autocast:
+        with torch.inference_mode(), teacher_precision(self.precision, batch["input_ids"].device):
             return self.task.forward(teacher, batch).values.float()
 
     def __call__(self, batch: dict):

@@ -121,6 +121,9 @@ class KDLoss:
         self.hard = HARD_LOSSES.get(cfg.hard) if cfg.hard else None
         has_params = layerwise is not None and any(True for _ in layerwise.projector.parameters())
         self.aux_module = layerwise.projector if has_params else None
+        # one teacher forward per batch: the layer-wise pass fills the logit cache too
+        if layerwise is not None and hasattr(teacher_targets, "offer") and _base_teacher_row(task):
+            layerwise.on_teacher_output = teacher_targets.offer
 
     def __call__(self, model, batch: dict, progress: float):
         cfg = self.cfg
@@ -133,8 +136,10 @@ class KDLoss:
         with lw.student_recorder.record() if lw is not None else nullcontext():
             out = self.task.forward(model, batch)
         logs = {"alpha": alpha, "temperature": t}
+        teacher_internals = None
         if lw is not None:
             logs["prediction_weight"] = pw
+            teacher_internals = lw.teacher_internals(batch)  # before the logits: see offer
         loss = 0.0
         if alpha > 0 and pw > 0:
             target = self.teacher_targets(batch)
@@ -154,12 +159,17 @@ class KDLoss:
                 logs["loss_hard"] = hard_loss.detach().item()
                 loss = loss + pw * (1 - alpha) * hard_loss
         if lw is not None:
-            inter, inter_logs = lw.loss(batch, progress)
+            inter, inter_logs = lw.loss(batch, progress, teacher_internals)
             logs.update(inter_logs)
             loss = loss + inter
         if not torch.is_tensor(loss):  # every weight is 0 at this point of the schedules
             loss = out.values.sum() * 0.0
         return loss, logs
+
+
+def _base_teacher_row(task: Task) -> bool:
+    """The teacher cache holds ``pack(forward(teacher).values)`` (not a task's own rows)."""
+    return type(task).teacher_row is Task.teacher_row
 
 
 def make_loss_fn(

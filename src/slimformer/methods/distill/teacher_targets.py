@@ -2,6 +2,7 @@
 (loaded lazily, so a fully cached run never loads or runs it)."""
 
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 
 import numpy as np
 import torch
@@ -13,12 +14,25 @@ from slimformer.methods.distill.teacher_cache import TeacherCache
 from slimformer.tasks.base import Task
 
 
+def teacher_precision(precision: str, device: torch.device | str) -> AbstractContextManager:
+    """The context of the teacher's forward passes: fp32, or bf16 autocast (the CPU's bf16
+    units, or a GPU's, run it several times faster; targets differ in the 3rd digit)."""
+    if precision == "bf16":
+        return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
+    return nullcontext()
+
+
 class TeacherTargets:
     def __init__(
-        self, task: Task, cache: TeacherCache, load_teacher: Callable[[], PreTrainedModel]
+        self,
+        task: Task,
+        cache: TeacherCache,
+        load_teacher: Callable[[], PreTrainedModel],
+        precision: str = "fp32",
     ) -> None:
         self.task = task
         self.cache = cache
+        self.precision = precision
         self._load_teacher = load_teacher
         self._teacher: PreTrainedModel | None = None
         self.teacher_examples = 0  # examples the teacher actually ran on (the log reports it)
@@ -42,9 +56,22 @@ class TeacherTargets:
             k: v[torch.as_tensor(rows, device=v.device)] if torch.is_tensor(v) else v
             for k, v in batch.items()
         }
-        out = self.task.teacher_row(self._teacher, sub)
+        with teacher_precision(self.precision, batch["input_ids"].device):
+            out = self.task.teacher_row(self._teacher, sub).float()
         self.cache.write(idx[rows], out)
         self.teacher_examples += len(rows)
+
+    def offer(self, batch: dict, values: torch.Tensor) -> None:
+        """The teacher's aligned outputs for ``batch`` from a forward run elsewhere (the
+        layer-wise terms run the same teacher for its hidden states): rows the cache lacks are
+        written, so the teacher runs once per batch, not twice. Not counted in
+        ``teacher_examples``: that pass ran for the layer-wise terms anyway."""
+        idx = batch["idx"].cpu().numpy()
+        missing = self.cache.missing(idx)
+        if missing.any():
+            rows = np.flatnonzero(missing)
+            packed = self.task.pack(values.detach(), batch)[torch.as_tensor(rows)]
+            self.cache.write(idx[rows], packed)
 
     def all_values(self, ds, collate, batch_size: int = 128) -> np.ndarray:
         """Packed outputs for every row of ``ds`` (N, W), running the teacher only on uncached

@@ -16,6 +16,7 @@ from slimformer.methods.distill.layerwise.recorder import Recorder, attention_sc
 from slimformer.methods.distill.layerwise.state_cache import Internals, TeacherStateCache
 from slimformer.methods.distill.losses import LAYER_LOSSES
 from slimformer.methods.distill.schedules import value_at
+from slimformer.methods.distill.teacher_targets import teacher_precision
 from slimformer.models.arch import arch_of, num_layers
 from slimformer.models.prune import blocks, head_size
 
@@ -57,11 +58,17 @@ class LayerwiseDistiller:
         forward: Callable[[PreTrainedModel, dict], object],
         seed: int = 0,
         state_cache: Callable[[list[tuple[str, int, int]]], TeacherStateCache] | None = None,
+        precision: str = "fp32",
     ) -> None:
         """``teacher`` loads the teacher (once); ``forward`` is the task's model call;
-        ``state_cache`` opens the on-disk cache of teacher states for a layout (None: online)."""
+        ``state_cache`` opens the on-disk cache of teacher states for a layout (None: online);
+        ``precision``: the teacher's forward in fp32 or under bf16 autocast.
+        ``on_teacher_output(batch, values)``, when set, receives the aligned outputs of every
+        teacher forward run here (so the logit cache is filled by the same pass)."""
         self.cfg = cfg
         self.forward = forward
+        self.precision = precision
+        self.on_teacher_output: Callable[[dict, torch.Tensor], None] | None = None
         self._teacher = teacher()
         s_layers, t_layers = num_layers(student.config), num_layers(self._teacher.config)
         self.mapping = {0: 0, **layer_mapping(s_layers, t_layers, cfg.mapping)}
@@ -136,8 +143,17 @@ class LayerwiseDistiller:
         device = batch["input_ids"].device
         if next(self._teacher.parameters()).device != device:
             self._teacher.to(device)
-        with torch.no_grad(), self.teacher_recorder.record() as rec:
-            self.forward(self._teacher, batch)
+        with (
+            torch.no_grad(),
+            teacher_precision(self.precision, device),
+            self.teacher_recorder.record() as rec,
+        ):
+            out = self.forward(self._teacher, batch)
+        for part in (rec.hidden, rec.query, rec.key):
+            for k in part:
+                part[k] = part[k].float()
+        if self.on_teacher_output is not None:
+            self.on_teacher_output(batch, out.values.float())
         if cache is not None:  # read back what was written: cold and warm runs see the same
             idx = batch["idx"].cpu().numpy()
             cache.write(idx, rec, batch["attention_mask"])
@@ -152,12 +168,16 @@ class LayerwiseDistiller:
                 part[k] = part[k].to(device)
         return internals
 
-    def loss(self, batch: dict, progress: float) -> tuple[torch.Tensor, dict[str, float]]:
-        """Weighted layer-wise loss; the student's forward must have run under ``recording``."""
+    def loss(
+        self, batch: dict, progress: float, teacher: Recorder | Internals | None = None
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """Weighted layer-wise loss; the student's forward must have run under ``recording``.
+        ``teacher``: the batch's teacher internals when already fetched."""
         student = self.student_recorder
-        teacher = self.teacher_internals(batch)
+        teacher = teacher if teacher is not None else self.teacher_internals(batch)
         mask = batch["attention_mask"].bool()
-        projected = self.projector(student.hidden)
+        # fp32 whatever precision the student's forward ran in (bf16 autocast)
+        projected = self.projector({k: v.float() for k, v in student.hidden.items()})
         total, logs = 0.0, {}
         for name, term in self.terms.items():
             weight = value_at(self.cfg.terms[name], progress)

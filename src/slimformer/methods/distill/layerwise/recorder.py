@@ -66,7 +66,9 @@ class Recorder:
 
 
 def attention_scores(query: torch.Tensor, key: torch.Tensor, heads: int) -> torch.Tensor:
-    """(B, L, W) query and key projections -> (B, heads, L, L) scores q.k / sqrt(W / heads)."""
+    """(B, L, W) query and key projections -> (B, heads, L, L) scores q.k / sqrt(W / heads),
+    in fp32 whatever the forward ran in (bf16 autocast records bf16 projections)."""
+    query, key = query.float(), key.float()
     b, length, width = query.shape
     if width % heads:
         raise ModelError(f"Attention width {width} does not split into {heads} heads.")
