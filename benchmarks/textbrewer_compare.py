@@ -15,6 +15,10 @@ and with ``teacher_states: cache`` its hidden states too.
 
     .venv/bin/pip install textbrewer==0.2.1.post1 --no-deps   # once; pure Python
     .venv/bin/python benchmarks/textbrewer_compare.py --train-examples 8000 --epochs 2
+
+With ``--bf16`` (default) a third slimformer row trains the student under bf16 autocast with the
+teacher's passes in bf16 too; TextBrewer has no CPU mixed precision (its ``fp16`` is NVIDIA
+apex), so its row stays fp32.
 """
 
 import argparse
@@ -37,7 +41,9 @@ ALPHA = 0.7 / (0.7 + 0.3 * 4)
 PREDICTION_WEIGHT = 0.3 / (1 - ALPHA)
 
 
-def recipe(train_examples: int, epochs: int, states: str) -> dict:
+def recipe(train_examples: int, epochs: int, states: str, precision: str = "fp32") -> dict:
+    """``precision: bf16``: the student trains under bf16 autocast and the teacher's passes run
+    under it too (the CPU's bf16 units); the weights and the optimizer stay fp32."""
     return {
         "task": "sequence-classification",
         "seed": 0,
@@ -73,6 +79,8 @@ def recipe(train_examples: int, epochs: int, states: str) -> dict:
                     "learning_rate": 1e-4,
                     "warmup_ratio": 0.06,
                     "save_every": 100000,
+                    "mixed_precision": "bf16" if precision == "bf16" else "no",
+                    "teacher_precision": precision,
                 }
             }
         ],
@@ -80,17 +88,21 @@ def recipe(train_examples: int, epochs: int, states: str) -> dict:
     }
 
 
-def run_slimformer(train_examples: int, epochs: int, states: str, work: Path) -> dict:
+def run_slimformer(
+    train_examples: int, epochs: int, states: str, work: Path, precision: str = "fp32"
+) -> dict:
     from slimformer.api import run
 
-    cache = work / f"cache-{states}"
+    name = f"{states}-{precision}"
     report = run(
-        recipe(train_examples, epochs, states), work / f"slimformer-{states}", cache_dir=str(cache)
+        recipe(train_examples, epochs, states, precision),
+        work / f"slimformer-{name}",
+        cache_dir=str(work / f"cache-{name}"),  # every run starts cold: the teacher runs
     )
     stage = report["stages"][0]
     seconds = sum(stage["epoch_seconds"])
     return {
-        "library": f"slimformer (teacher_states: {states})",
+        "library": f"slimformer (teacher_states: {states}, {precision})",
         "accuracy": report["student"]["metrics"]["accuracy"],
         "train_seconds": round(seconds, 1),
         "epoch_seconds": stage["epoch_seconds"],
@@ -205,6 +217,12 @@ def main() -> None:
     p.add_argument("--train-examples", type=int, default=8000)
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--out", default="runs/textbrewer-compare.json")
+    p.add_argument(
+        "--bf16",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="add a slimformer row with the student under bf16 autocast and the teacher in bf16",
+    )
     args = p.parse_args()
     torch.set_num_threads(2)
     from slimformer.hardware.cpu_features import cpu_name
@@ -215,6 +233,8 @@ def main() -> None:
         rows.append(run_textbrewer(args.train_examples, args.epochs, work))
         for states in ("online", "cache"):
             rows.append(run_slimformer(args.train_examples, args.epochs, states, work))
+        if args.bf16:
+            rows.append(run_slimformer(args.train_examples, args.epochs, "cache", work, "bf16"))
     base = rows[0]["samples_per_s"]
     for r in rows:
         r["throughput_vs_textbrewer"] = round(r["samples_per_s"] / base, 2)
