@@ -42,6 +42,28 @@ def test_select_most_informative_fraction():
     assert stats["kept"] == 3 and stats["classes"]["1"] == {"all": 1, "kept": 1}
 
 
+def test_proportional_selection_is_seeded_and_favours_informative_rows():
+    """Drawn without replacement with chance proportional to the score: the same seed gives the
+    same rows, the kept rows score higher than average, and the lowest score (weight 0) is
+    never drawn while positive ones remain."""
+    scores = np.random.default_rng(0).random(20000)
+    scores[0] = 0.0
+    a = select(scores, 0.2, sampling="proportional", seed=3)
+    assert a.tolist() == select(scores, 0.2, sampling="proportional", seed=3).tolist()
+    assert a.tolist() != select(scores, 0.2, sampling="proportional", seed=4).tolist()
+    assert len(a) == 4000 and 0 not in a
+    # chance proportional to the score (uniform on [0, 1]): the mean of early draws is ~2/3,
+    # above the top-k's ~0.9 and the population's 0.5
+    assert 0.6 < scores[a].mean() < 0.75
+    top = select(scores, 0.2)
+    assert scores[top].min() > 0.79
+    predicted = (scores > 0.5).astype(int)
+    balanced = select(scores, 0.2, predicted, class_balanced=True, sampling="proportional")
+    assert abs((predicted[balanced] == 1).mean() - (predicted == 1).mean()) < 0.01
+    with pytest.raises(RecipeError, match="sampling"):
+        select(scores, 0.2, sampling="softmax")
+
+
 @pytest.mark.parametrize("fraction", [0, -0.1, 1.5])
 def test_selection_fraction_outside_unit_interval(fraction):
     with pytest.raises(RecipeError, match=r"\(0, 1\]"):

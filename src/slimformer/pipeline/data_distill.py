@@ -122,7 +122,7 @@ def _select(
     sub = probs[candidates]
     scores = informativeness(sel.criterion, [p[candidates] for p in per_teacher], sel.seed)
     predicted = sub.argmax(-1)
-    chosen = select(scores, sel.fraction, predicted, sel.class_balanced)
+    chosen = select(scores, sel.fraction, predicted, sel.class_balanced, sel.sampling, sel.seed)
     keep = candidates[chosen]
     if sel.scope == "unlabeled":
         keep = np.concatenate([np.arange(n - n_unlabeled), keep])

@@ -47,6 +47,11 @@ class SelectionConfig(StrictConfig):
     )
     fraction: float = Field(description="share kept, in (0, 1]")
     class_balanced: bool = False
+    sampling: Literal["top", "proportional"] = Field(
+        "top",
+        description="top: the most informative rows; proportional: drawn with probability "
+        "proportional to the score (seeded), so easier rows are not all left out",
+    )
     scope: Literal["unlabeled", "all"] = Field(
         "unlabeled", description="select among data.unlabeled rows only, or all training rows"
     )

@@ -57,25 +57,49 @@ def check_fraction(fraction: float) -> None:
         )
 
 
+SAMPLING = ("top", "proportional")
+
+
+def sampling_keys(scores: np.ndarray, sampling: str = "top", seed: int = 0) -> np.ndarray:
+    """Keys whose largest ``k`` are the rows kept. ``top``: the scores themselves (the ``k``
+    most informative rows). ``proportional``: a weighted draw without replacement, row ``i``'s
+    chance proportional to its score shifted to start at 0 (Efraimidis-Spirakis keys
+    ``u ** (1 / w)``): informative rows still dominate, but easier ones are not all left out."""
+    if sampling == "top":
+        return scores
+    if sampling != "proportional":
+        raise RecipeError(f"Unknown selection sampling {sampling!r}; known: {', '.join(SAMPLING)}.")
+    weights = scores - scores.min()
+    weights = weights / weights.max() if weights.max() > 0 else np.ones_like(weights)
+    u = np.random.default_rng(seed).random(len(scores))
+    with np.errstate(divide="ignore"):
+        # log(u) / w orders like u ** (1 / w); a zero weight is never drawn before a positive one
+        return np.where(weights > 0, np.log(u) / np.maximum(weights, 1e-300), -np.inf)
+
+
 def select(
     scores: np.ndarray,
     fraction: float,
     predicted: np.ndarray | None = None,
     class_balanced: bool = False,
+    sampling: str = "top",
+    seed: int = 0,
 ) -> np.ndarray:
-    """Indices (sorted) of the top ``fraction`` by score; per predicted class when balanced."""
+    """Indices (sorted) of the ``fraction`` kept by score (see ``sampling_keys``); per
+    predicted class when balanced."""
     check_fraction(fraction)
+    keys = sampling_keys(scores, sampling, seed)
     n = len(scores)
     if not class_balanced:
         k = max(1, round(n * fraction))
-        return np.sort(np.argsort(-scores, kind="stable")[:k])
+        return np.sort(np.argsort(-keys, kind="stable")[:k])
     if predicted is None:
         raise RecipeError("class_balanced selection needs the teacher's predicted classes.")
     keep = []
     for c in np.unique(predicted):
         members = np.flatnonzero(predicted == c)
         k = max(1, round(len(members) * fraction))
-        keep.append(members[np.argsort(-scores[members], kind="stable")[:k]])
+        keep.append(members[np.argsort(-keys[members], kind="stable")[:k]])
     return np.sort(np.concatenate(keep))
 
 
