@@ -70,7 +70,8 @@ class TeacherTargets:
         missing = self.cache.missing(idx)
         if missing.any():
             rows = np.flatnonzero(missing)
-            packed = self.task.pack(values.detach(), batch)[torch.as_tensor(rows)]
+            packed = self.task.pack(values.detach(), batch)
+            packed = packed[torch.as_tensor(rows, device=packed.device)]
             self.cache.write(idx[rows], packed)
 
     def all_values(self, ds, collate, batch_size: int = 128) -> np.ndarray:
