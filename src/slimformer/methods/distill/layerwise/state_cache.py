@@ -66,10 +66,13 @@ class TeacherStateCache:
         """``internals``: anything with hidden/query/key dicts (a Recorder after a forward)."""
         parts = [getattr(internals, kind)[layer] for kind, layer, _ in self.layout]
         packed = torch.cat(parts, dim=-1)  # (B, L, all columns)
-        mask = mask.bool().cpu()
+        mask = mask.bool()
+        # the real tokens of every row, row after row (boolean indexing is row-major), in fp16
+        tokens = packed[mask.to(packed.device)].to(torch.float16).cpu().numpy()
+        ends = np.cumsum(mask.sum(1).cpu().numpy())
         for row, i in enumerate(idx):
-            tokens = packed[row][mask[row]].float().cpu().numpy().astype(np.float16)
-            self.states[self.offsets[i] : self.offsets[i + 1]] = tokens
+            start = ends[row - 1] if row else 0
+            self.states[self.offsets[i] : self.offsets[i + 1]] = tokens[start : ends[row]]
         self.filled[idx] = 1  # after the values: a crash in between only loses work
 
     def read(self, idx: np.ndarray, mask: torch.Tensor) -> Internals:
@@ -77,9 +80,8 @@ class TeacherStateCache:
         b, length = mask.shape
         out = torch.zeros(b, length, int(self.columns[-1]))
         mask = mask.bool().cpu()
-        for row, i in enumerate(idx):
-            tokens = np.asarray(self.states[self.offsets[i] : self.offsets[i + 1]])
-            out[row][mask[row]] = torch.from_numpy(tokens.astype(np.float32))
+        tokens = np.concatenate([self.states[self.offsets[i] : self.offsets[i + 1]] for i in idx])
+        out[mask] = torch.from_numpy(tokens.astype(np.float32))  # row-major, as written
         internals = Internals()
         for n, (kind, layer, _) in enumerate(self.layout):
             getattr(internals, kind)[layer] = out[..., self.columns[n] : self.columns[n + 1]]
