@@ -105,3 +105,21 @@ def test_missing_and_invalid_yaml(tmp_path):
 @pytest.mark.parametrize("path", sorted((ROOT / "recipes").glob("*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_recipe_validates(path):
     load_recipe(path)
+
+
+@pytest.mark.parametrize(
+    "key, value",
+    [("teacher_precision", "fp16"), ("mixed_precision", "int8")],
+)
+def test_bad_precision_names_key_and_choices(key, value):
+    tree = base()
+    tree["stages"][0]["distill"][key] = value
+    msg = error_of(tree)
+    assert f"stages.0.distill.{key}" in msg and value in msg and "bf16" in msg
+
+
+def test_bad_selection_sampling_names_key_and_choices():
+    tree = base()
+    tree["stages"][0]["distill"]["selection"] = {"fraction": 0.3, "sampling": "softmax"}
+    msg = error_of(tree)
+    assert "selection.sampling" in msg and "proportional" in msg

@@ -122,7 +122,7 @@ class KDLoss:
         has_params = layerwise is not None and any(True for _ in layerwise.projector.parameters())
         self.aux_module = layerwise.projector if has_params else None
         # one teacher forward per batch: the layer-wise pass fills the logit cache too
-        if layerwise is not None and hasattr(teacher_targets, "offer") and _base_teacher_row(task):
+        if layerwise is not None and hasattr(teacher_targets, "offer"):
             layerwise.on_teacher_output = teacher_targets.offer
 
     def __call__(self, model, batch: dict, progress: float):
@@ -165,11 +165,6 @@ class KDLoss:
         if not torch.is_tensor(loss):  # every weight is 0 at this point of the schedules
             loss = out.values.sum() * 0.0
         return loss, logs
-
-
-def _base_teacher_row(task: Task) -> bool:
-    """The teacher cache holds ``pack(forward(teacher).values)`` (not a task's own rows)."""
-    return type(task).teacher_row is Task.teacher_row
 
 
 def make_loss_fn(

@@ -57,7 +57,7 @@ class TeacherTargets:
             for k, v in batch.items()
         }
         with teacher_precision(self.precision, batch["input_ids"].device):
-            out = self.task.teacher_row(self._teacher, sub).float()
+            out = self.task.teacher_row(self._teacher, sub)
         self.cache.write(idx[rows], out)
         self.teacher_examples += len(rows)
 
@@ -65,7 +65,10 @@ class TeacherTargets:
         """The teacher's aligned outputs for ``batch`` from a forward run elsewhere (the
         layer-wise terms run the same teacher for its hidden states): rows the cache lacks are
         written, so the teacher runs once per batch, not twice. Not counted in
-        ``teacher_examples``: that pass ran for the layer-wise terms anyway."""
+        ``teacher_examples``: that pass ran for the layer-wise terms anyway. A task whose cache
+        rows are not ``pack(forward(...).values)`` (its own ``teacher_row``) is left alone."""
+        if type(self.task).teacher_row is not Task.teacher_row:
+            return
         idx = batch["idx"].cpu().numpy()
         missing = self.cache.missing(idx)
         if missing.any():

@@ -153,7 +153,7 @@ class LayerwiseDistiller:
             for k in part:
                 part[k] = part[k].float()
         if self.on_teacher_output is not None:
-            self.on_teacher_output(batch, out.values.float())
+            self.on_teacher_output(batch, out.values)
         if cache is not None:  # read back what was written: cold and warm runs see the same
             idx = batch["idx"].cpu().numpy()
             cache.write(idx, rec, batch["attention_mask"])
