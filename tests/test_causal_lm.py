@@ -19,6 +19,7 @@ from slimformer.methods.distill.topk_cache import TopKCache
 from slimformer.methods.prune.layer_ranking import (
     keep_by_angular_distance,
     keep_by_block_influence,
+    keep_by_greedy_divergence,
 )
 from slimformer.pipeline.recipe import parse_recipe
 from slimformer.pipeline.runner import run_recipe
@@ -199,6 +200,27 @@ def test_layer_ranking_rules():
     assert keep_by_block_influence(cos, 2) == [0, 3]
     assert keep_by_angular_distance(cos, 2) == [0, 3]  # drops the run 1..2 (cos 0.97)
     assert keep_by_angular_distance(cos, 4) == [0, 1, 2, 3]
+
+
+def test_greedy_divergence_drops_no_op_blocks_first(tiny_llama):
+    """Blocks 1 and 2 are made exact no-ops (zero output projections): removing them leaves
+    the outputs unchanged, so greedy removal takes them first, with KL 0, and restores the
+    model afterwards."""
+    from slimformer.tasks import get_task
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama).eval()
+    for i in (1, 2):
+        torch.nn.init.zeros_(model.model.layers[i].self_attn.o_proj.weight)
+        torch.nn.init.zeros_(model.model.layers[i].mlp.down_proj.weight)
+    ids = torch.randint(5, 100, (2, 12))
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    before = model(**batch).logits
+    keep, trace = keep_by_greedy_divergence(model, get_task("causal-lm").forward, [batch], 2)
+    assert keep == [0, 3]
+    assert {t["dropped"] for t in trace} == {1, 2}
+    assert all(t["kl"] < 1e-3 for t in trace), trace  # bf16-stored reference: ~0, not 0
+    assert len(model.model.layers) == 4 and model.config.use_cache is True
+    assert torch.allclose(model(**batch).logits, before)
 
 
 # ---- text reading ------------------------------------------------------------------------
@@ -410,9 +432,12 @@ def test_width_pruning_removes_dead_units_exactly(tiny_llama):
 
 def test_depth_and_width_pruned_student_generates(tiny_llama, lm_text, tmp_path, cache_dir):
     recipe = lm_recipe(tiny_llama, lm_text)
+    recipe["student"].update(layer_selection="greedy_kl", selection_precision="bf16")
     recipe["student"]["width_pruning"] = {"intermediate_size": 48, "kv_heads": 1}
     recipe["data"]["max_train_examples"] = 8
     report = run_recipe(parse_recipe(recipe), tmp_path / "run", cache_dir=cache_dir)
+    removals = report["student"]["init"]["greedy_removals"]
+    assert len(removals) == 2 and len(report["student"]["init"]["teacher_layers"]) == 2
     info = report["student"]["init"]["width_pruning"]
     assert info["params_after"] < info["params_before"]
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "model")  # plain loader

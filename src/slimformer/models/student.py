@@ -31,14 +31,21 @@ class StudentConfig(StrictConfig):
     hidden_size: int | None = Field(None, gt=0)
     num_heads: int | None = Field(None, gt=0)
     intermediate_size: int | None = Field(None, gt=0)
-    layer_selection: Literal["even", "block_influence", "angular"] = Field(
+    layer_selection: Literal["even", "block_influence", "angular", "greedy_kl"] = Field(
         "even",
         description="with layers: N, which teacher layers are kept: evenly spread, the N of "
-        "highest block influence (ShortGPT), or all but the contiguous run closest in angle "
-        "(Gromov et al.), both measured on the first selection_examples training rows",
+        "highest block influence (ShortGPT), all but the contiguous run closest in angle "
+        "(Gromov et al.), or greedy removal of the block whose absence changes the outputs "
+        "least (KL to the teacher, re-measured after each removal); measured on the first "
+        "selection_examples training rows",
     )
     selection_examples: int = Field(
         32, gt=0, description="rows used by layer_selection and width_pruning"
+    )
+    selection_precision: Literal["fp32", "bf16"] = Field(
+        "fp32",
+        description="the teacher's passes for layer_selection: fp32, or bf16 autocast "
+        "(several times faster where the CPU has bf16 units; greedy_kl runs many passes)",
     )
     width_pruning: WidthPruning | None = Field(
         None,

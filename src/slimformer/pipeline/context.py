@@ -5,6 +5,7 @@ import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import datasets
@@ -16,7 +17,7 @@ from slimformer.errors import ModelError, RecipeError
 from slimformer.methods.data_distill.multi_teacher import MultiTeacherTargets, check_label_sets
 from slimformer.methods.distill.layerwise.state_cache import TeacherStateCache
 from slimformer.methods.distill.teacher_cache import TeacherCache, dataset_fingerprint
-from slimformer.methods.distill.teacher_targets import TeacherTargets
+from slimformer.methods.distill.teacher_targets import TeacherTargets, teacher_precision
 from slimformer.models.arch import num_layers
 from slimformer.models.crf import attach_crf, has_crf
 from slimformer.models.loading import (
@@ -185,7 +186,16 @@ class RunContext:
                 "student.layer_selection chooses the layers itself: give student.layers as a "
                 "number, or drop layer_selection to keep an explicit list."
             )
-        cos = layer_ranking.layer_states_cosines(self.load_teacher(), self._calibration_batches())
+        teacher = self.load_teacher()
+        precision = partial(teacher_precision, cfg.selection_precision, teacher.device)
+        if cfg.layer_selection == "greedy_kl":
+            keep, trace = layer_ranking.keep_by_greedy_divergence(
+                teacher, self.task.forward, self._calibration_batches(), cfg.layers, precision
+            )
+            log.info("student keeps teacher layers %s (greedy_kl)", keep)
+            return keep, {"greedy_removals": trace}
+        with precision():
+            cos = layer_ranking.layer_states_cosines(teacher, self._calibration_batches())
         pick = {
             "block_influence": layer_ranking.keep_by_block_influence,
             "angular": layer_ranking.keep_by_angular_distance,

@@ -5,15 +5,24 @@ calibration text:
   the layers that change their input least are dropped.
 - ``angular`` (Gromov et al. 2024, "The Unreasonable Ineffectiveness of the Deeper Layers"):
   drop the contiguous run of n layers whose input and output are closest in angle.
+- ``greedy_kl``: drop one block at a time, the one whose removal changes the model's outputs
+  least (KL to the full model), re-measured after every removal. Slower (one forward pass per
+  remaining block per removal) but it sees how removals interact, which one-shot scores miss.
 """
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager, nullcontext
+from typing import TYPE_CHECKING
 
 import torch
+from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
 from slimformer.models.arch import layers_module_name
+
+if TYPE_CHECKING:
+    from slimformer.tasks.base import Aligned
 
 
 @torch.inference_mode()
@@ -77,3 +86,65 @@ def layer_scores(cos: torch.Tensor) -> dict:
     """Per-block influence, for the report."""
     n = cos.shape[0] - 1
     return {"block_influence": [round(float(1 - cos[i, i + 1]), 5) for i in range(n)]}
+
+
+def _swap_layers(model: PreTrainedModel, layers: list[torch.nn.Module]) -> None:
+    parent_name, _, attr = layers_module_name(model).rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, attr, torch.nn.ModuleList(layers))
+
+
+def _mean_kl(reference: list[torch.Tensor], outputs: list, masks: list[torch.Tensor]) -> float:
+    """Mean KL(teacher || pruned) over the real positions of every calibration batch."""
+    total, count = 0.0, 0
+    for ref, out, mask in zip(reference, outputs, masks, strict=True):
+        logq = torch.log_softmax(out.values[mask].float(), dim=-1)
+        logp = ref.float()
+        total += float((logp.exp() * (logp - logq)).sum())
+        count += int(mask.sum())
+    return total / max(count, 1)
+
+
+@torch.inference_mode()
+def keep_by_greedy_divergence(
+    model: PreTrainedModel,
+    forward: Callable[[PreTrainedModel, dict], "Aligned"],
+    batches: Iterable[dict],
+    keep: int,
+    precision: Callable[[], AbstractContextManager] = nullcontext,
+) -> tuple[list[int], list[dict]]:
+    """Drop blocks one at a time, each time the one whose removal moves the model's outputs
+    least from the full model's (KL on the calibration rows): the "loss increase" criterion
+    (Kim et al. 2024, Shortened LLaMA), iterated so that each choice sees the earlier ones.
+    Returns the kept blocks and, per removal, the block dropped and the KL it left."""
+    layers = list(model.get_submodule(layers_module_name(model)))
+    batches = list(batches)
+    use_cache = getattr(model.config, "use_cache", None)
+    model.config.use_cache = False
+    reference, masks = [], []
+    with precision():
+        for batch in batches:
+            out = forward(model, batch)
+            reference.append(torch.log_softmax(out.values[out.mask].float(), -1).bfloat16())
+            masks.append(out.mask)
+    kept, trace = list(range(len(layers))), []
+    steps = sum(range(keep + 1, len(layers) + 1))
+    try:
+        with tqdm(total=steps, desc="greedy layer removal", unit="trial") as bar:
+            while len(kept) > keep:
+                scores = {}
+                for block in kept:
+                    _swap_layers(model, [layers[i] for i in kept if i != block])
+                    with precision():
+                        outputs = [forward(model, b) for b in batches]
+                    scores[block] = _mean_kl(reference, outputs, masks)
+                    bar.update(1)
+                drop = min(scores, key=scores.__getitem__)
+                kept.remove(drop)
+                trace.append({"dropped": drop, "kl": round(scores[drop], 5)})
+                bar.set_postfix(dropped=drop, kl=f"{scores[drop]:.3f}")
+    finally:
+        _swap_layers(model, layers)
+        if use_cache is not None:
+            model.config.use_cache = use_cache
+    return kept, trace
