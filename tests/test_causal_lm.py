@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, pi
 
 from slimformer.data.lm_corpus import corpus_files, pack_blocks, read_lines
 from slimformer.errors import DataError, ModelError, RecipeError
-from slimformer.methods.distill.losses import SOFT_LOSSES
+from slimformer.methods.distill.losses import HARD_LOSSES, SOFT_LOSSES
 from slimformer.methods.distill.losses.token_support import TopKLogProbs, teacher_bins
 from slimformer.methods.distill.topk_cache import TopKCache
 from slimformer.methods.prune.layer_ranking import (
@@ -147,6 +147,31 @@ def test_jsd_and_skew_kl_by_hand():
     assert got.item() == pytest.approx(_mean_first_two(skew), rel=1e-5)
     with pytest.raises(ValueError, match="beta"):
         SOFT_LOSSES.get("jsd")(s, t, MASK, 1.0, beta=1.0)
+
+
+def test_picked_log_probs_match_log_softmax_in_value_and_gradient():
+    """The chunked log-normaliser path (CE and the top-k terms use it) equals a full
+    log_softmax + gather, forward and backward, at T != 1, across several row chunks, with a
+    repeated index in a row."""
+    from slimformer.methods.distill.losses.picked_log_probs import picked_log_probs
+
+    torch.manual_seed(0)
+    logits = torch.randn(37, 11, dtype=torch.float64)
+    idx = torch.randint(0, 11, (37, 3))
+    idx[0, 1] = idx[0, 0]
+    weights = torch.randn(37, 3, dtype=torch.float64)
+    a = logits.clone().requires_grad_(True)
+    b = logits.clone().requires_grad_(True)
+    got = picked_log_probs(a, idx, 2.0)
+    want = torch.log_softmax(b / 2.0, -1).gather(-1, idx)
+    assert torch.allclose(got, want.float(), atol=1e-6)
+    (got.double() * weights).sum().backward()
+    (want * weights).sum().backward()
+    assert torch.allclose(a.grad, b.grad, atol=1e-6)
+    hard = HARD_LOSSES.get("ce")(logits, idx[:, 0], torch.ones(37, dtype=torch.bool))
+    assert math.isclose(
+        float(hard), float(torch.nn.functional.cross_entropy(logits, idx[:, 0])), rel_tol=1e-6
+    )
 
 
 def test_top_k_with_tail_mass_by_hand():

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from slimformer.methods.distill.losses.picked_log_probs import picked_log_probs
+
 TINY = 1e-12
 
 
@@ -47,8 +49,7 @@ def teacher_bins(teacher: TopKLogProbs, temperature: float) -> torch.Tensor:
 
 def student_bins(student: torch.Tensor, indices: torch.Tensor, temperature: float):
     """(N, k + 1) student log-probs at ``temperature`` on the teacher's top-k plus the tail."""
-    full = F.log_softmax(student.float() / temperature, -1)
-    top = full.gather(-1, indices)
+    top = picked_log_probs(student, indices, temperature)
     return torch.cat([top, log1mexp(torch.logsumexp(top, -1, keepdim=True))], -1)
 
 

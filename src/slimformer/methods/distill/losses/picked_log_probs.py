@@ -1,0 +1,52 @@
+"""log softmax(x / T) at a few indices per row, without materialising the (N, V) log-probs.
+
+An LLM's next-token logits are large (2,040 positions x 49,152 tokens = 100 M values per
+batch): a full fp32 ``log_softmax`` writes 400 MB, its backward reads and writes it again, and
+cross-entropy and the top-k KD term each did that. Both only need the log-normaliser and the
+logits at a few indices (the gold token; the teacher's top k), so this computes the normaliser
+row chunk by row chunk in fp32 (one read of the logits) and the gradient in one more pass
+(softmax times the summed upstream gradient, plus the picks), in the logits' own dtype.
+"""
+
+import torch
+
+CHUNK_ROWS = 16  # (16, V) fp32 stays in cache across the chunk's passes (measured: 64+ is slower)
+
+
+def _scaled(rows: torch.Tensor, temperature: float) -> torch.Tensor:
+    """A fresh fp32 copy of ``rows / temperature``."""
+    rows = rows.float() if rows.dtype != torch.float32 else rows.clone()
+    return rows if temperature == 1.0 else rows.div_(temperature)
+
+
+class _PickedLogProbs(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, indices: torch.Tensor, temperature: float):
+        lse = torch.empty(logits.shape[0], dtype=torch.float32, device=logits.device)
+        for start in range(0, logits.shape[0], CHUNK_ROWS):
+            rows = _scaled(logits[start : start + CHUNK_ROWS], temperature)
+            lse[start : start + CHUNK_ROWS] = torch.logsumexp(rows, -1)
+        ctx.save_for_backward(logits, indices, lse)
+        ctx.temperature = temperature
+        return logits.gather(-1, indices).float() / temperature - lse[:, None]
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        logits, indices, lse = ctx.saved_tensors
+        t = ctx.temperature
+        grad = grad.float()
+        total = grad.sum(-1, keepdim=True)
+        out = torch.empty_like(logits)
+        for start in range(0, logits.shape[0], CHUNK_ROWS):
+            end = start + CHUNK_ROWS
+            chunk = _scaled(logits[start:end], t).sub_(lse[start:end, None]).exp_()
+            chunk.mul_(-total[start:end]).scatter_add_(-1, indices[start:end], grad[start:end])
+            out[start:end] = chunk if t == 1.0 else chunk.div_(t)
+        return out, None, None
+
+
+def picked_log_probs(
+    logits: torch.Tensor, indices: torch.Tensor, temperature: float = 1.0
+) -> torch.Tensor:
+    """(N, m) fp32 ``log_softmax(logits / temperature)`` gathered at ``indices`` (N, m)."""
+    return _PickedLogProbs.apply(logits, indices.long(), float(temperature))
