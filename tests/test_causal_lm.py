@@ -19,6 +19,7 @@ from slimformer.methods.distill.topk_cache import TopKCache
 from slimformer.methods.prune.layer_ranking import (
     keep_by_angular_distance,
     keep_by_block_influence,
+    greedy_round_sizes,
     keep_by_greedy_divergence,
 )
 from slimformer.pipeline.recipe import parse_recipe
@@ -243,7 +244,8 @@ def test_greedy_divergence_drops_no_op_blocks_first(tiny_llama):
     keep, trace = keep_by_greedy_divergence(model, get_task("causal-lm").forward, [batch], 2)
     assert keep == [0, 3]
     assert {t["dropped"] for t in trace} == {1, 2}
-    assert all(t["kl"] < 1e-3 for t in trace), trace  # bf16-stored reference: ~0, not 0
+    assert all(t["kl_alone"] < 1e-3 for t in trace), trace  # bf16-stored reference: ~0, not 0
+    assert greedy_round_sizes(30, 14) == [6, 4, 2, 2, 1, 1] and greedy_round_sizes(3, 3) == []
     assert len(model.model.layers) == 4 and model.config.use_cache is True
     assert torch.allclose(model(**batch).logits, before)
 

@@ -5,9 +5,9 @@ calibration text:
   the layers that change their input least are dropped.
 - ``angular`` (Gromov et al. 2024, "The Unreasonable Ineffectiveness of the Deeper Layers"):
   drop the contiguous run of n layers whose input and output are closest in angle.
-- ``greedy_kl``: drop one block at a time, the one whose removal changes the model's outputs
-  least (KL to the full model), re-measured after every removal. Slower (one forward pass per
-  remaining block per removal) but it sees how removals interact, which one-shot scores miss.
+- ``greedy_kl``: drop the blocks whose removal changes the model's outputs least (KL to the
+  full model), re-measured after each round of removals. Slower (one forward pass per
+  remaining block per round) but it sees how removals interact, which one-shot scores miss.
 """
 
 import math
@@ -88,6 +88,17 @@ def layer_scores(cos: torch.Tensor) -> dict:
     return {"block_influence": [round(float(1 - cos[i, i + 1]), 5) for i in range(n)]}
 
 
+def greedy_round_sizes(layers: int, keep: int) -> list[int]:
+    """How many blocks each greedy round drops: a third of what is left to drop (at least
+    one), so the early, cheap-to-decide removals go in batches and the last ones one by one;
+    30 -> 14 blocks takes 6 rounds of scoring (123 trial passes) instead of 16 (360)."""
+    sizes, left = [], layers - keep
+    while left > 0:
+        sizes.append(max(1, math.ceil(left / 3)))
+        left -= sizes[-1]
+    return sizes
+
+
 def _swap_layers(model: PreTrainedModel, layers: list[torch.nn.Module]) -> None:
     parent_name, _, attr = layers_module_name(model).rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
@@ -113,10 +124,11 @@ def keep_by_greedy_divergence(
     keep: int,
     precision: Callable[[], AbstractContextManager] = nullcontext,
 ) -> tuple[list[int], list[dict]]:
-    """Drop blocks one at a time, each time the one whose removal moves the model's outputs
-    least from the full model's (KL on the calibration rows): the "loss increase" criterion
-    (Kim et al. 2024, Shortened LLaMA), iterated so that each choice sees the earlier ones.
-    Returns the kept blocks and, per removal, the block dropped and the KL it left."""
+    """Drop the blocks whose removal moves the model's outputs least from the full model's
+    (KL on the calibration rows): the "loss increase" criterion (Kim et al. 2024, Shortened
+    LLaMA), re-scored after each round of removals (``greedy_round_sizes``) so that later
+    choices see the earlier ones. Returns the kept blocks and, per removal, the block dropped,
+    the KL its removal alone caused in its round, and the KL left after each round."""
     layers = list(model.get_submodule(layers_module_name(model)))
     batches = list(batches)
     use_cache = getattr(model.config, "use_cache", None)
@@ -128,10 +140,11 @@ def keep_by_greedy_divergence(
             reference.append(torch.log_softmax(out.values[out.mask].float(), -1).bfloat16())
             masks.append(out.mask)
     kept, trace = list(range(len(layers))), []
-    steps = sum(range(keep + 1, len(layers) + 1))
+    sizes = greedy_round_sizes(len(layers), keep)
+    trials = sum(len(layers) - sum(sizes[:i]) for i in range(len(sizes)))
     try:
-        with tqdm(total=steps, desc="greedy layer removal", unit="trial") as bar:
-            while len(kept) > keep:
+        with tqdm(total=trials, desc="greedy layer removal", unit="trial") as bar:
+            for size in sizes:
                 scores = {}
                 for block in kept:
                     _swap_layers(model, [layers[i] for i in kept if i != block])
@@ -139,10 +152,14 @@ def keep_by_greedy_divergence(
                         outputs = [forward(model, b) for b in batches]
                     scores[block] = _mean_kl(reference, outputs, masks)
                     bar.update(1)
-                drop = min(scores, key=scores.__getitem__)
-                kept.remove(drop)
-                trace.append({"dropped": drop, "kl": round(scores[drop], 5)})
-                bar.set_postfix(dropped=drop, kl=f"{scores[drop]:.3f}")
+                for drop in sorted(kept, key=scores.__getitem__)[:size]:
+                    kept.remove(drop)
+                    trace.append({"dropped": drop, "kl_alone": round(scores[drop], 5)})
+                _swap_layers(model, [layers[i] for i in kept])
+                with precision():
+                    left = _mean_kl(reference, [forward(model, b) for b in batches], masks)
+                trace[-1]["kl_after_round"] = round(left, 5)
+                bar.set_postfix(kept=len(kept), kl=f"{left:.3f}")
     finally:
         _swap_layers(model, layers)
         if use_cache is not None:
