@@ -17,9 +17,9 @@ from slimformer.methods.distill.losses import HARD_LOSSES, SOFT_LOSSES
 from slimformer.methods.distill.losses.token_support import TopKLogProbs, teacher_bins
 from slimformer.methods.distill.topk_cache import TopKCache
 from slimformer.methods.prune.layer_ranking import (
+    greedy_round_sizes,
     keep_by_angular_distance,
     keep_by_block_influence,
-    greedy_round_sizes,
     keep_by_greedy_divergence,
 )
 from slimformer.pipeline.recipe import parse_recipe
