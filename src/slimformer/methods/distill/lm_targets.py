@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel
 
+from slimformer.methods.distill.losses.picked_log_probs import top_k_log_probs
 from slimformer.methods.distill.losses.token_support import TopKLogProbs
 from slimformer.methods.distill.teacher_targets import teacher_precision
 from slimformer.methods.distill.topk_cache import TopKCache
@@ -46,15 +47,16 @@ class LMTeacherTargets:
         return self._teacher
 
     def _logits(self, batch: dict) -> torch.Tensor:
-        """(n, V) teacher logits at the student's aligned positions."""
+        """(n, V) teacher logits at the student's aligned positions (bf16 under bf16 autocast:
+        callers upcast what they use)."""
         teacher = self.teacher(batch["input_ids"].device)
         with torch.inference_mode(), teacher_precision(self.precision, batch["input_ids"].device):
-            return self.task.forward(teacher, batch).values.float()
+            return self.task.forward(teacher, batch).values
 
     def __call__(self, batch: dict):
         if self.cache is None:
             self.teacher_examples += batch["input_ids"].shape[0]
-            return self._logits(batch)
+            return self._logits(batch).float()
         idx = batch["idx"].cpu().numpy()
         missing = self.cache.missing(idx)
         if missing.any():
@@ -69,14 +71,12 @@ class LMTeacherTargets:
         for start in range(0, len(rows), FILL_CHUNK):
             chunk = torch.as_tensor(rows[start : start + FILL_CHUNK])
             sub = {key: v[chunk.to(v.device)] for key, v in batch.items() if torch.is_tensor(v)}
-            logits = self._logits(sub)
-            top = logits.topk(k, dim=-1)  # log-probs = logits - logsumexp: no (n, V) copy
-            log_probs = top.values - torch.logsumexp(logits, -1, keepdim=True)
+            log_probs, indices = top_k_log_probs(self._logits(sub), k)
             n = len(chunk)
             self.cache.write(
                 idx[chunk.numpy()],
                 log_probs.reshape(n, positions, k),
-                top.indices.reshape(n, positions, k),
+                indices.reshape(n, positions, k),
             )
             self.teacher_examples += n
 

@@ -50,3 +50,16 @@ def picked_log_probs(
 ) -> torch.Tensor:
     """(N, m) fp32 ``log_softmax(logits / temperature)`` gathered at ``indices`` (N, m)."""
     return _PickedLogProbs.apply(logits, indices.long(), float(temperature))
+
+
+@torch.no_grad()
+def top_k_log_probs(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, k) fp32 log-probs of the k most likely tokens per row and their (N, k) indices,
+    chunked like the loss path (the teacher's side of the top-k cache)."""
+    values, indices = [], []
+    for start in range(0, logits.shape[0], CHUNK_ROWS):
+        rows = logits[start : start + CHUNK_ROWS].float()
+        top = rows.topk(k, dim=-1)
+        values.append(top.values - torch.logsumexp(rows, -1, keepdim=True))
+        indices.append(top.indices)
+    return torch.cat(values), torch.cat(indices)
