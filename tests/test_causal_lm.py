@@ -150,12 +150,14 @@ def test_jsd_and_skew_kl_by_hand():
         SOFT_LOSSES.get("jsd")(s, t, MASK, 1.0, beta=1.0)
 
 
-def test_picked_log_probs_match_log_softmax_in_value_and_gradient():
+def test_picked_log_probs_match_log_softmax_in_value_and_gradient(monkeypatch):
     """The chunked log-normaliser path (CE and the top-k terms use it) equals a full
     log_softmax + gather, forward and backward, at T != 1, across several row chunks, with a
     repeated index in a row."""
+    from slimformer.methods.distill.losses import picked_log_probs as module
     from slimformer.methods.distill.losses.picked_log_probs import picked_log_probs
 
+    monkeypatch.setattr(module, "CHUNK_VALUES", 44)  # 4 rows of 11 per chunk: 10 chunks
     torch.manual_seed(0)
     logits = torch.randn(37, 11, dtype=torch.float64)
     idx = torch.randint(0, 11, (37, 3))

@@ -10,7 +10,14 @@ row chunk by row chunk in fp32 (one read of the logits) and the gradient in one 
 
 import torch
 
-CHUNK_ROWS = 16  # (16, V) fp32 stays in cache across the chunk's passes (measured: 64+ is slower)
+# Rows per chunk: about a million fp32 values (4 MB) stays in cache across the chunk's passes
+# (measured on 2,040 x 49,152 bf16 logits: 16 rows 0.7 s fwd+bwd, 256 rows 2.3 s); small
+# vocabularies (classification, NER) take all their rows in one chunk.
+CHUNK_VALUES = 1 << 20
+
+
+def _chunk_rows(logits: torch.Tensor) -> int:
+    return max(1, CHUNK_VALUES // max(logits.shape[-1], 1))
 
 
 def _scaled(rows: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -23,9 +30,10 @@ class _PickedLogProbs(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits: torch.Tensor, indices: torch.Tensor, temperature: float):
         lse = torch.empty(logits.shape[0], dtype=torch.float32, device=logits.device)
-        for start in range(0, logits.shape[0], CHUNK_ROWS):
-            rows = _scaled(logits[start : start + CHUNK_ROWS], temperature)
-            lse[start : start + CHUNK_ROWS] = torch.logsumexp(rows, -1)
+        step = _chunk_rows(logits)
+        for start in range(0, logits.shape[0], step):
+            rows = _scaled(logits[start : start + step], temperature)
+            lse[start : start + step] = torch.logsumexp(rows, -1)
         ctx.save_for_backward(logits, indices, lse)
         ctx.temperature = temperature
         return logits.gather(-1, indices).float() / temperature - lse[:, None]
@@ -37,8 +45,9 @@ class _PickedLogProbs(torch.autograd.Function):
         grad = grad.float()
         total = grad.sum(-1, keepdim=True)
         out = torch.empty_like(logits)
-        for start in range(0, logits.shape[0], CHUNK_ROWS):
-            end = start + CHUNK_ROWS
+        step = _chunk_rows(logits)
+        for start in range(0, logits.shape[0], step):
+            end = start + step
             chunk = _scaled(logits[start:end], t).sub_(lse[start:end, None]).exp_()
             chunk.mul_(-total[start:end]).scatter_add_(-1, indices[start:end], grad[start:end])
             out[start:end] = chunk if t == 1.0 else chunk.div_(t)
@@ -57,8 +66,9 @@ def top_k_log_probs(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.T
     """(N, k) fp32 log-probs of the k most likely tokens per row and their (N, k) indices,
     chunked like the loss path (the teacher's side of the top-k cache)."""
     values, indices = [], []
-    for start in range(0, logits.shape[0], CHUNK_ROWS):
-        rows = logits[start : start + CHUNK_ROWS].float()
+    step = _chunk_rows(logits)
+    for start in range(0, logits.shape[0], step):
+        rows = logits[start : start + step].float()
         top = rows.topk(k, dim=-1)
         values.append(top.values - torch.logsumexp(rows, -1, keepdim=True))
         indices.append(top.indices)
