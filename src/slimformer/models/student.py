@@ -35,8 +35,8 @@ class StudentConfig(StrictConfig):
         "even",
         description="with layers: N, which teacher layers are kept: evenly spread, the N of "
         "highest block influence (ShortGPT), all but the contiguous run closest in angle "
-        "(Gromov et al.), or greedy removal of the block whose absence changes the outputs "
-        "least (KL to the teacher, re-measured after each removal); measured on the first "
+        "(Gromov et al.), or greedy removal of the blocks whose absence changes the outputs "
+        "least (KL to the teacher, re-scored after each round of removals); measured on the first "
         "selection_examples training rows",
     )
     selection_examples: int = Field(

@@ -155,9 +155,12 @@ def keep_by_greedy_divergence(
                 for drop in sorted(kept, key=scores.__getitem__)[:size]:
                     kept.remove(drop)
                     trace.append({"dropped": drop, "kl_alone": round(scores[drop], 5)})
-                _swap_layers(model, [layers[i] for i in kept])
-                with precision():
-                    left = _mean_kl(reference, [forward(model, b) for b in batches], masks)
+                if size == 1:  # the round's only removal was scored with exactly these blocks
+                    left = scores[trace[-1]["dropped"]]
+                else:
+                    _swap_layers(model, [layers[i] for i in kept])
+                    with precision():
+                        left = _mean_kl(reference, [forward(model, b) for b in batches], masks)
                 trace[-1]["kl_after_round"] = round(left, 5)
                 bar.set_postfix(kept=len(kept), kl=f"{left:.3f}")
     finally:
