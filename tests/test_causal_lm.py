@@ -275,6 +275,40 @@ def test_text_sources_latin1_crlf_and_globs(tmp_path):
 # ---- end to end --------------------------------------------------------------------------
 
 
+def test_forward_keeps_only_predicting_positions(tiny_llama):
+    """With ``logits_to_keep`` the LM head runs on the L-1 predicting positions: same values
+    as slicing the full output, and a contiguous tensor (no copy in the reshape)."""
+    from slimformer.tasks.causal_lm import CausalLM, accepts_logits_to_keep
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama).eval()
+    batch = {"input_ids": torch.randint(5, 100, (2, 9)), "attention_mask": torch.ones(2, 9)}
+    assert accepts_logits_to_keep(model)
+    with torch.no_grad():
+        out = CausalLM().forward(model, batch)
+        full = model(**batch).logits[:, :-1].reshape(-1, model.config.vocab_size)
+    torch.testing.assert_close(out.values, full)
+    assert out.values.shape == (16, model.config.vocab_size) and out.mask.all()
+
+
+def test_bf16_training_keeps_logits_in_bf16(tiny_llama, lm_text, tmp_path, cache_dir, monkeypatch):
+    """Under bf16 mixed precision the causal-LM losses see bf16 logits (accelerate's cast of
+    every output to fp32 is dropped for this task) and training still lowers the loss."""
+    from slimformer.methods.distill.losses import picked_log_probs as module
+
+    seen = []
+    original = module._PickedLogProbs.forward
+
+    def spy(ctx, logits, indices, temperature):
+        seen.append(logits.dtype)
+        return original(ctx, logits, indices, temperature)
+
+    monkeypatch.setattr(module._PickedLogProbs, "forward", staticmethod(spy))
+    recipe = lm_recipe(tiny_llama, lm_text, mixed_precision="bf16")
+    report = run_recipe(parse_recipe(recipe), tmp_path / "run", cache_dir=cache_dir)
+    assert seen and set(seen) == {torch.bfloat16}
+    assert math.isfinite(report["student"]["metrics"]["perplexity"])
+
+
 def test_distill_run_end_to_end(tiny_llama, lm_text, tmp_path, cache_dir):
     report = run_recipe(
         parse_recipe(lm_recipe(tiny_llama, lm_text)), tmp_path / "run", cache_dir=cache_dir

@@ -111,6 +111,7 @@ def _train(
         desc=desc,
         batch_sampler=batch_sampler,
         lower_is_better=metric in ctx.task.lower_is_better,
+        keep_autocast_outputs=ctx.task.keeps_autocast_outputs,
     )
     if lora is not None:  # the kept adapters merged into a plain model folder
         merged = Path(stage_dir) / "merged"

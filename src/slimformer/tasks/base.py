@@ -33,6 +33,10 @@ class Task(ABC):
     primary_metric: str
     auto_class: type
     lower_is_better: tuple[str, ...] = ()  # metrics where smaller wins (e.g. perplexity)
+    # Under mixed precision, accelerate casts a model's outputs to fp32. A task whose losses
+    # read low-precision outputs themselves (LLM logits: the cast alone writes ~400 MB a step)
+    # sets this to keep them in the autocast dtype.
+    keeps_autocast_outputs: bool = False
 
     def load_model(self, ref: str, trust_remote_code: bool = False, **kwargs) -> PreTrainedModel:
         """``kwargs`` go to ``from_pretrained`` (e.g. label maps for a new classification head).

@@ -11,6 +11,7 @@ block, small enough to keep the teacher's eval outputs on disk and to compare st
 teacher (perplexity, top-1 agreement) without holding vocabulary-sized tensors.
 """
 
+import inspect
 import math
 
 import datasets
@@ -26,6 +27,31 @@ from slimformer.errors import DataError
 from slimformer.tasks.base import TASKS, Aligned, Task
 
 PREDICT_CHUNK = 4  # rows per forward when predicting: vocab-sized logits stay ~100 MB
+
+
+def accepts_logits_to_keep(model) -> bool:
+    """Whether the model (through DDP / PEFT wrappers) takes ``logits_to_keep``:
+    recent ``transformers`` causal LMs do, and then the LM head runs only on the positions
+    asked for, writing a contiguous tensor instead of a slice to copy."""
+    core = model
+    for _ in range(4):
+        if hasattr(core, "get_base_model"):  # PEFT
+            core = core.get_base_model()
+        elif isinstance(getattr(core, "module", None), torch.nn.Module):  # DDP
+            core = core.module
+        else:
+            break
+    cls = type(core)
+    if cls not in _LOGITS_TO_KEEP:
+        forward = getattr(cls, "forward", None)
+        try:
+            _LOGITS_TO_KEEP[cls] = "logits_to_keep" in inspect.signature(forward).parameters
+        except (TypeError, ValueError):
+            _LOGITS_TO_KEEP[cls] = False
+    return _LOGITS_TO_KEEP[cls]
+
+
+_LOGITS_TO_KEEP: dict[type, bool] = {}
 
 
 def next_token_targets(batch: dict) -> torch.Tensor:
@@ -47,6 +73,7 @@ class CausalLM(Task):
     name = "causal-lm"
     primary_metric = "perplexity"
     lower_is_better = ("perplexity", "nll")
+    keeps_autocast_outputs = True  # the CE / KD terms normalise chunk by chunk in fp32
     auto_class = AutoModelForCausalLM
 
     def __init__(self) -> None:
@@ -102,7 +129,12 @@ class CausalLM(Task):
 
     def forward(self, model, batch) -> Aligned:
         kwargs = {"attention_mask": batch["attention_mask"]} if "attention_mask" in batch else {}
-        logits = model(input_ids=batch["input_ids"], **kwargs).logits[:, :-1]  # (B, L-1, V)
+        length = batch["input_ids"].shape[1]
+        if accepts_logits_to_keep(model):  # the head runs on the L-1 positions that predict
+            keep = torch.arange(length - 1, device=batch["input_ids"].device)
+            logits = model(input_ids=batch["input_ids"], logits_to_keep=keep, **kwargs).logits
+        else:  # slicing a (B, L, V) tensor: the reshape below copies it
+            logits = model(input_ids=batch["input_ids"], **kwargs).logits[:, :-1]  # (B, L-1, V)
         mask = next_token_targets(batch) != -100
         return Aligned(logits.reshape(-1, logits.shape[-1]), mask.reshape(-1))
 

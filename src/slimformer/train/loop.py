@@ -5,6 +5,7 @@ best-checkpoint selection, checkpoints/--resume, progress and TensorBoard, on Ac
 
 import math
 import time
+from types import MethodType
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,7 +14,7 @@ import datasets
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
-from accelerate.utils import set_seed
+from accelerate.utils import get_mixed_precision_context_manager, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, get_linear_schedule_with_warmup
@@ -81,6 +82,20 @@ def _save_model(accelerator: Accelerator, model, target: Path, tokenizer=None) -
     accelerator.wait_for_everyone()
 
 
+def _autocast_without_fp32_outputs(accelerator: Accelerator, model: torch.nn.Module) -> None:
+    """Keep ``prepare``'s autocast around the model's forward but drop its cast of every
+    output to fp32 (for vocabulary-sized LLM logits that cast is a full extra copy a step)."""
+    core = accelerator.unwrap_model(model)
+    original = getattr(core, "_original_forward", None)
+    if original is None or not accelerator.native_amp:
+        return  # no mixed precision: nothing was wrapped
+    autocast = get_mixed_precision_context_manager(
+        accelerator.native_amp, accelerator.autocast_handler
+    )
+    func = getattr(original, "__func__", None)
+    core.forward = MethodType(autocast(func), core) if func is not None else autocast(original)
+
+
 def train(
     model: PreTrainedModel,
     train_ds: datasets.Dataset,
@@ -97,12 +112,16 @@ def train(
     desc: str = "train",
     batch_sampler=None,
     lower_is_better: bool = False,
+    keep_autocast_outputs: bool = False,
 ) -> TrainResult:
     """``batch_sampler``: a custom order (e.g. a curriculum) with ``set_epoch``/``len``;
     default: length-grouped, seeded batches. A ``loss_fn`` with trainable parameters of its own
     exposes them as ``loss_fn.aux_module``: they are optimised and checkpointed with the model
     (never saved with it), and the prepared module is put back on ``loss_fn``.
-    ``lower_is_better``: the best checkpoint minimises ``primary_metric`` (perplexity)."""
+    ``lower_is_better``: the best checkpoint minimises ``primary_metric`` (perplexity).
+    ``keep_autocast_outputs``: under mixed precision the model's outputs stay in the autocast
+    dtype instead of being cast to fp32 (the losses must read them; see
+    ``Task.keeps_autocast_outputs``)."""
     out_dir = Path(out_dir)
     set_seed(seed)
     _allow_precision_change(cfg.mixed_precision)
@@ -128,6 +147,8 @@ def train(
     optimizer = _optimizer([model] + ([aux] if aux is not None else []), cfg)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total), total)
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    if keep_autocast_outputs:
+        _autocast_without_fp32_outputs(accelerator, model)
     if aux is not None:
         loss_fn.aux_module = accelerator.prepare(aux)
 
