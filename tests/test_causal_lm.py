@@ -177,6 +177,46 @@ def test_picked_log_probs_match_log_softmax_in_value_and_gradient(monkeypatch):
     )
 
 
+def test_shared_picks_equal_separate_kd_and_ce_with_one_backward_pass(monkeypatch):
+    """Top-k KD + CE on the same logits through ``shared_picks``: the same loss and gradient as
+    two separate picks, from one normaliser node (one pass over the logits each way)."""
+    from slimformer.methods.distill.losses import picked_log_probs as module
+    from slimformer.methods.distill.losses.picked_log_probs import shared_picks
+
+    torch.manual_seed(0)
+    logits = torch.randn(13, 40, dtype=torch.float64)
+    teacher_logp = torch.log_softmax(torch.randn(13, 40), -1).topk(5, -1)
+    teacher = TopKLogProbs(teacher_logp.indices, teacher_logp.values, vocab_size=40)
+    labels = torch.randint(0, 40, (13,))
+    labels[3] = -100
+    mask = labels >= 0
+
+    def loss(x):
+        kd = SOFT_LOSSES.get("forward_kl")(x, teacher, mask, 1.0)
+        return 0.5 * kd + 0.5 * HARD_LOSSES.get("ce")(x, labels, mask)
+
+    a = logits.clone().requires_grad_(True)
+    b = logits.clone().requires_grad_(True)
+    calls = []
+    original = module._PickedLogProbs.forward
+
+    def counting(ctx, *args):
+        calls.append(args[1].shape)
+        return original(ctx, *args)
+
+    monkeypatch.setattr(module._PickedLogProbs, "forward", staticmethod(counting))
+    separate = loss(a)
+    assert len(calls) == 2
+    calls.clear()
+    with shared_picks(b, [teacher.indices, labels.clamp(min=0)[:, None]]):
+        shared = loss(b)
+    assert calls == [torch.Size([13, 6])] and not module._SHARED
+    assert torch.allclose(separate, shared)
+    separate.backward()
+    shared.backward()
+    assert torch.allclose(a.grad, b.grad, atol=1e-7)
+
+
 def test_top_k_with_tail_mass_by_hand():
     """Vocabulary 4, k = 2: bins = the teacher's two tokens + the tail (the other two)."""
     s, t = torch.tensor(S[:1]), torch.tensor(T[:1])

@@ -5,10 +5,10 @@ best-checkpoint selection, checkpoints/--resume, progress and TensorBoard, on Ac
 
 import math
 import time
-from types import MethodType
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MethodType
 
 import datasets
 import torch

@@ -18,6 +18,8 @@ from slimformer.config import StrictConfig
 from slimformer.methods.distill.layerwise.config import IntermediateConfig
 from slimformer.methods.distill.layerwise.distiller import LayerwiseDistiller
 from slimformer.methods.distill.losses import HARD_LOSSES, SOFT_LOSSES
+from slimformer.methods.distill.losses.picked_log_probs import shared_picks
+from slimformer.methods.distill.losses.token_support import TopKLogProbs
 from slimformer.methods.distill.schedules import ScheduledValue, bounds, value_at
 from slimformer.tasks.base import Task
 
@@ -140,15 +142,28 @@ class KDLoss:
         if lw is not None:
             logs["prediction_weight"] = pw
             teacher_internals = lw.teacher_internals(batch)  # before the logits: see offer
+        target = self.teacher_targets(batch) if alpha > 0 and pw > 0 else None
+        temps = cfg.temperatures or [t]
+        with shared_picks(out.values, self._shared_pick_sets(target, batch, temps, alpha)):
+            loss = self._prediction_terms(model, out, batch, target, temps, (alpha, t, pw), logs)
+        if lw is not None:
+            inter, inter_logs = lw.loss(batch, progress, teacher_internals)
+            logs.update(inter_logs)
+            loss = loss + inter
+        if not torch.is_tensor(loss):  # every weight is 0 at this point of the schedules
+            loss = out.values.sum() * 0.0
+        return loss, logs
+
+    def _prediction_terms(self, model, out, batch, target, temps, weights, logs):
+        """The soft (+ relation) and hard terms on the student's outputs, weighted."""
+        alpha, t, pw = weights
         loss = 0.0
-        if alpha > 0 and pw > 0:
-            target = self.teacher_targets(batch)
-            temps = cfg.temperatures or [t]
+        if target is not None:
             soft_loss = sum(self.soft(out.values, target, out.mask, tk) for tk in temps) / len(
                 temps
             )
             logs["loss_soft"] = soft_loss.detach().item()
-            for name, weight in cfg.relations.items():
+            for name, weight in self.cfg.relations.items():
                 term = SOFT_LOSSES.get(name)(out.values, target, out.mask, t)
                 logs[f"loss_{name}"] = term.detach().item()
                 soft_loss = soft_loss + weight * term
@@ -158,13 +173,17 @@ class KDLoss:
             if hard_loss is not None:
                 logs["loss_hard"] = hard_loss.detach().item()
                 loss = loss + pw * (1 - alpha) * hard_loss
-        if lw is not None:
-            inter, inter_logs = lw.loss(batch, progress, teacher_internals)
-            logs.update(inter_logs)
-            loss = loss + inter
-        if not torch.is_tensor(loss):  # every weight is 0 at this point of the schedules
-            loss = out.values.sum() * 0.0
-        return loss, logs
+        return loss
+
+    def _shared_pick_sets(self, target, batch, temps, alpha) -> list[torch.Tensor]:
+        """The student-logit indices both the top-k KD term and cross-entropy pick at T = 1
+        (LLM distillation): computed together, one pass over the vocabulary-sized logits."""
+        if not isinstance(target, TopKLogProbs) or list(temps) != [1.0] or not alpha < 1:
+            return []
+        labels = self.task.hard_targets(batch) if self.hard is not None else None
+        if labels is None or labels.dim() != 1:
+            return []
+        return [target.indices, labels.long().clamp(min=0)[:, None]]
 
 
 def make_loss_fn(

@@ -8,6 +8,9 @@ row chunk by row chunk in fp32 (one read of the logits) and the gradient in one 
 (softmax times the summed upstream gradient, plus the picks), in the logits' own dtype.
 """
 
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
 import torch
 
 # Rows per chunk: about a million fp32 values (4 MB) stays in cache across the chunk's passes
@@ -54,11 +57,43 @@ class _PickedLogProbs(torch.autograd.Function):
         return out, None, None
 
 
+# id(logits) -> (logits, temperature, [(indices, picks)]) while a ``shared_picks`` block runs
+_SHARED: dict[int, tuple] = {}
+
+
 def picked_log_probs(
     logits: torch.Tensor, indices: torch.Tensor, temperature: float = 1.0
 ) -> torch.Tensor:
     """(N, m) fp32 ``log_softmax(logits / temperature)`` gathered at ``indices`` (N, m)."""
-    return _PickedLogProbs.apply(logits, indices.long(), float(temperature))
+    indices = indices.long()
+    entry = _SHARED.get(id(logits))
+    if entry is not None and entry[0] is logits and entry[1] == float(temperature):
+        for stored, picks in entry[2]:
+            if stored.shape == indices.shape and torch.equal(stored, indices):
+                return picks
+    return _PickedLogProbs.apply(logits, indices, float(temperature))
+
+
+@contextmanager
+def shared_picks(
+    logits: torch.Tensor, index_sets: Sequence[torch.Tensor], temperature: float = 1.0
+) -> Iterator[None]:
+    """Within the block, ``picked_log_probs(logits, idx, temperature)`` for an ``idx`` equal to
+    one of ``index_sets`` is a slice of one combined pick: the terms that read the same LLM
+    logits (top-k KD and cross-entropy at T = 1) share one normaliser pass and one backward
+    pass instead of a full pass over the (N, V) logits each."""
+    if len(index_sets) < 2:
+        yield
+        return
+    sets = [i.long() for i in index_sets]
+    combined = _PickedLogProbs.apply(logits, torch.cat(sets, -1), float(temperature))
+    picks = combined.split([i.shape[-1] for i in sets], -1)
+    key = id(logits)
+    _SHARED[key] = (logits, float(temperature), list(zip(sets, picks, strict=True)))
+    try:
+        yield
+    finally:
+        _SHARED.pop(key, None)
 
 
 @torch.no_grad()
