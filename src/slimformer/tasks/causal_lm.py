@@ -29,6 +29,9 @@ from slimformer.tasks.base import TASKS, Aligned, Task
 PREDICT_CHUNK = 4  # rows per forward when predicting: vocab-sized logits stay ~100 MB
 
 
+_LOGITS_TO_KEEP: dict[type, bool] = {}  # model class -> whether its forward takes it
+
+
 def accepts_logits_to_keep(model) -> bool:
     """Whether the model (through DDP / PEFT wrappers) takes ``logits_to_keep``:
     recent ``transformers`` causal LMs do, and then the LM head runs only on the positions
@@ -49,9 +52,6 @@ def accepts_logits_to_keep(model) -> bool:
         except (TypeError, ValueError):
             _LOGITS_TO_KEEP[cls] = False
     return _LOGITS_TO_KEEP[cls]
-
-
-_LOGITS_TO_KEEP: dict[type, bool] = {}
 
 
 def next_token_targets(batch: dict) -> torch.Tensor:
