@@ -427,6 +427,36 @@ def test_clear_errors(tiny_llama, lm_text, tmp_path, cache_dir, tiny_teacher):
         parse_recipe(bad)
 
 
+@pytest.mark.parametrize("states", ["cache", "online"])
+def test_feature_distillation_hidden_states(tiny_llama, lm_text, tmp_path, cache_dir, states):
+    """Hidden-state terms on a decoder: a narrower random student (width 16 -> the teacher's 32
+    through a learned projection, not saved) and a copied one; uniform mapping by default."""
+    inter = {"terms": {"hidden_mse": 1.0, "hidden_cosine": 0.5}, "teacher_states": states}
+    recipe = lm_recipe(tiny_llama, lm_text, intermediate=inter)
+    recipe["data"]["max_train_examples"] = 8
+    recipe["student"] = {"layers": 2, "hidden_size": 16, "num_heads": 2, "intermediate_size": 32}
+    report = run_recipe(parse_recipe(recipe), tmp_path / "narrow", cache_dir=cache_dir)
+    stage = report["stages"][0]["intermediate"]
+    assert stage["layer_mapping"] == {
+        "student_0": "teacher_0",
+        "student_1": "teacher_2",
+        "student_2": "teacher_4",
+    }
+    assert stage["projections"] == [1, 2]
+    saved = AutoModelForCausalLM.from_pretrained(tmp_path / "narrow" / "model")
+    assert saved.config.hidden_size == 16  # the projection is not part of the student
+    assert not any("maps" in name for name, _ in saved.named_parameters())
+    assert math.isfinite(report["student"]["metrics"]["perplexity"])
+    if states == "cache":
+        assert Path(stage["teacher_state_cache"]["dir"]).is_dir()
+
+
+def test_attention_terms_are_refused_for_decoders(tiny_llama, lm_text):
+    inter = {"terms": {"hidden_mse": 1.0, "attention_kl": 1.0}}
+    with pytest.raises(RecipeError, match="attention_kl compare attention scores"):
+        parse_recipe(lm_recipe(tiny_llama, lm_text, intermediate=inter))
+
+
 def test_lora_student_is_merged(tiny_llama, lm_text, tmp_path, cache_dir):
     recipe = lm_recipe(tiny_llama, lm_text)
     recipe["student"] = {

@@ -15,6 +15,7 @@ from slimformer.data.multitask import SamplingRule
 from slimformer.errors import RecipeError
 from slimformer.export.ort_quantize import QuantizeConfig
 from slimformer.methods.augment.config import AugmentConfig
+from slimformer.methods.distill.losses import LAYER_LOSSES
 from slimformer.methods.distill.objective import DistillLossConfig
 from slimformer.models.student import StudentConfig
 from slimformer.optimize.config import OptimizeConfig
@@ -47,6 +48,12 @@ class SelectionConfig(StrictConfig):
     )
     fraction: float = Field(description="share kept, in (0, 1]")
     class_balanced: bool = False
+    length_bins: int = Field(
+        0,
+        ge=0,
+        description="> 1: keep the fraction within each of this many token-length quantile "
+        "bins (the kept rows keep the pool's length mix); 0 or 1: off",
+    )
     sampling: Literal["top", "proportional"] = Field(
         "top",
         description="top: the most informative rows; proportional: drawn with probability "
@@ -236,7 +243,6 @@ class ReportConfig(StrictConfig):
 
 # DistillStage settings a causal-lm stage does not take (yet).
 CAUSAL_LM_UNSUPPORTED = (
-    "intermediate",
     "selection",
     "curriculum",
     "augment",
@@ -344,6 +350,15 @@ class Recipe(StrictConfig):
                 raise ValueError(
                     f"stage {i} ({s.kind}): {', '.join(used) or 'rows'} is not supported for "
                     f"causal-lm yet"
+                )
+            inter = getattr(s.config, "intermediate", None)
+            terms = inter.terms if inter is not None else {}
+            attention = [t for t in terms if LAYER_LOSSES.get(t).needs == "attention"]
+            if attention:
+                raise ValueError(
+                    f"stage {i} ({s.kind}): {', '.join(attention)} compare attention scores, "
+                    f"which decoders with rotary positions do not expose as q.k; for causal-lm "
+                    f"use hidden_mse, hidden_cosine or embedding_mse"
                 )
 
     def _check_multitask(self) -> "Recipe":
