@@ -12,6 +12,7 @@ from slimformer.methods.data_distill.selection import (
     disagreement,
     entropy,
     informativeness,
+    length_bins,
     margin,
     select,
     selection_stats,
@@ -287,3 +288,22 @@ def test_curriculum_batches_group_similar_lengths():
     assert padding < 0.5 * padding_plain
     ranking = easy_to_hard(confidence)
     assert set(batches[0]) <= set(ranking[: int(0.3 * 640) + 1].tolist())  # still easy first
+
+
+def test_length_bins_keep_the_pools_length_mix():
+    """Short rows score highest here (as ambiguous fragments do with a real teacher): the plain
+    top fraction takes only short rows, the length-binned one the same share of every bin,
+    the least certain rows within each."""
+    lengths = np.repeat([3, 10, 30, 60], 25)
+    scores = 1.0 / lengths + np.tile(np.linspace(0, 1e-3, 25), 4)
+    plain = select(scores, 0.2)
+    assert set(lengths[plain]) == {3}
+    bins = length_bins(lengths, 4)
+    assert sorted(np.unique(bins).tolist()) == [0, 1, 2, 3]
+    binned = select(scores, 0.2, strata=bins)
+    assert np.bincount(bins[binned]).tolist() == [5, 5, 5, 5]
+    assert all(i % 25 >= 20 for i in binned)  # within a bin: the highest scores
+    assert length_bins(lengths, 1).tolist() == [0] * 100
+    predicted = np.arange(100) % 2
+    both = select(scores, 0.2, predicted, class_balanced=True, strata=bins)
+    assert len(both) == 20 and (predicted[both] == 1).sum() == 10

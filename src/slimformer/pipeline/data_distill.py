@@ -13,6 +13,7 @@ from slimformer.errors import RecipeError
 from slimformer.methods.data_distill.curriculum import CurriculumBatchSampler
 from slimformer.methods.data_distill.selection import (
     informativeness,
+    length_bins,
     select,
     selection_stats,
     softmax,
@@ -122,7 +123,13 @@ def _select(
     sub = probs[candidates]
     scores = informativeness(sel.criterion, [p[candidates] for p in per_teacher], sel.seed)
     predicted = sub.argmax(-1)
-    chosen = select(scores, sel.fraction, predicted, sel.class_balanced, sel.sampling, sel.seed)
+    strata = None
+    if sel.length_bins > 1:
+        lengths = np.array([len(ids) for ids in rows.select(candidates.tolist())["input_ids"]])
+        strata = length_bins(lengths, sel.length_bins)
+    chosen = select(
+        scores, sel.fraction, predicted, sel.class_balanced, sel.sampling, sel.seed, strata
+    )
     keep = candidates[chosen]
     if sel.scope == "unlabeled":
         keep = np.concatenate([np.arange(n - n_unlabeled), keep])

@@ -1,6 +1,7 @@
 """Which teacher-labeled examples to train on: the most informative fraction by the teacher's
 entropy, by its confidence margin (top-1 minus top-2 probability; small = informative), or by
-disagreement between teachers; optionally the same fraction within every predicted class."""
+disagreement between teachers; optionally the same fraction within every predicted class and/or
+every length bin, so that the kept rows keep the pool's class and length mix."""
 
 import numpy as np
 
@@ -77,6 +78,17 @@ def sampling_keys(scores: np.ndarray, sampling: str = "top", seed: int = 0) -> n
         return np.where(weights > 0, np.log(u) / np.maximum(weights, 1e-300), -np.inf)
 
 
+def length_bins(lengths: np.ndarray, bins: int) -> np.ndarray:
+    """Bin id per row: ``bins`` quantile bins of the token length (fewer when lengths repeat).
+    Entropy alone favours short ambiguous fragments; ranking within length bins keeps the
+    pool's length mix and picks the least certain rows of every length."""
+    lengths = np.asarray(lengths)
+    if bins <= 1 or len(lengths) == 0:
+        return np.zeros(len(lengths), dtype=np.int64)
+    edges = np.unique(np.quantile(lengths, np.linspace(0, 1, bins + 1)[1:-1]))
+    return np.searchsorted(edges, lengths, side="right")
+
+
 def select(
     scores: np.ndarray,
     fraction: float,
@@ -84,20 +96,24 @@ def select(
     class_balanced: bool = False,
     sampling: str = "top",
     seed: int = 0,
+    strata: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Indices (sorted) of the ``fraction`` kept by score (see ``sampling_keys``); per
-    predicted class when balanced."""
+    """Indices (sorted) of the ``fraction`` kept by score (see ``sampling_keys``); the same
+    fraction within every predicted class when balanced, and within every ``strata`` group
+    (e.g. ``length_bins``) when given."""
     check_fraction(fraction)
     keys = sampling_keys(scores, sampling, seed)
     n = len(scores)
-    if not class_balanced:
-        k = max(1, round(n * fraction))
-        return np.sort(np.argsort(-keys, kind="stable")[:k])
-    if predicted is None:
-        raise RecipeError("class_balanced selection needs the teacher's predicted classes.")
+    groups = np.zeros(n, dtype=np.int64)
+    if class_balanced:
+        if predicted is None:
+            raise RecipeError("class_balanced selection needs the teacher's predicted classes.")
+        groups = np.unique(predicted, return_inverse=True)[1].reshape(-1)
+    if strata is not None:
+        groups = groups * (int(np.max(strata)) + 1) + np.asarray(strata)
     keep = []
-    for c in np.unique(predicted):
-        members = np.flatnonzero(predicted == c)
+    for g in np.unique(groups):
+        members = np.flatnonzero(groups == g)
         k = max(1, round(len(members) * fraction))
         keep.append(members[np.argsort(-keys[members], kind="stable")[:k]])
     return np.sort(np.concatenate(keep))
