@@ -25,6 +25,7 @@ from slimformer.train.checkpoint import latest_checkpoint, load_checkpoint, save
 from slimformer.train.config import TrainConfig
 from slimformer.train.processes import use_cpu
 from slimformer.utils.atomic import atomic_dir
+from slimformer.utils.malloc import keep_freed_memory
 
 LossFn = Callable[[PreTrainedModel, dict, float], tuple[torch.Tensor, dict[str, float]]]
 EvalFn = Callable[[PreTrainedModel], dict[str, float]]
@@ -202,72 +203,74 @@ def train(
         dynamic_ncols=True,
         disable=not accelerator.is_local_main_process,
     )
-    while state["step"] < total:
-        skip = state["batch_in_epoch"]
-        batches = accelerator.skip_first_batches(loader, skip) if skip else loader
-        # The order must depend on our epoch only. Accelerate re-seeds samplers with its own
-        # pass counter (0 in a fresh loader after --resume, and not advanced when a pass is
-        # left early), and its skip/shard wrappers do not forward set_epoch: set both.
-        sampler.set_epoch(state["epoch"])
-        batches.set_epoch(state["epoch"])
-        started = time.perf_counter()
-        for batch in batches:
-            # Dropout depends only on (seed, batch, rank): a resumed run replays the same masks
-            # whatever else consumed the global RNG (data-loader iterators, evaluation).
-            torch.manual_seed(
-                hash((seed, state["epoch"], state["batch_in_epoch"], accelerator.process_index))
-                % 2**63
-            )
-            with accelerator.accumulate(model):
-                loss, logs = loss_fn(model, batch, state["step"] / total)
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and cfg.max_grad_norm:
-                    accelerator.clip_grad_norm_(
-                        _trained_parameters(model, loss_fn), cfg.max_grad_norm
-                    )
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad()
-            state["batch_in_epoch"] += 1
-            if not accelerator.sync_gradients:
-                continue
-            state["step"] += 1
-            bar.update(1)
-            if on_step is not None:
-                on_step()
-            if state["step"] % cfg.log_every == 0:
-                logs = {
-                    "train/loss": loss.detach().item(),
-                    "train/lr": scheduler.get_last_lr()[0],
-                    **{f"train/{k}": v for k, v in logs.items()},
-                }
-                accelerator.log(logs, step=state["step"])
-                bar.set_postfix(loss=f"{logs['train/loss']:.4f}")
-            if state["batch_in_epoch"] >= len(loader) or state["step"] >= total:
-                break  # end-of-epoch / end-of-training work happens below, once
-            if evaluate and cfg.eval_every and state["step"] % cfg.eval_every == 0:
+    # freed step buffers stay in the heap: no page faults re-zeroing them every step
+    with keep_freed_memory(cfg.keep_freed_memory):
+        while state["step"] < total:
+            skip = state["batch_in_epoch"]
+            batches = accelerator.skip_first_batches(loader, skip) if skip else loader
+            # The order must depend on our epoch only. Accelerate re-seeds samplers with its own
+            # pass counter (0 in a fresh loader after --resume, and not advanced when a pass is
+            # left early), and its skip/shard wrappers do not forward set_epoch: set both.
+            sampler.set_epoch(state["epoch"])
+            batches.set_epoch(state["epoch"])
+            started = time.perf_counter()
+            for batch in batches:
+                # Dropout depends only on (seed, batch, rank): a resumed run replays the same masks
+                # whatever else consumed the global RNG (data-loader iterators, evaluation).
+                torch.manual_seed(
+                    hash((seed, state["epoch"], state["batch_in_epoch"], accelerator.process_index))
+                    % 2**63
+                )
+                with accelerator.accumulate(model):
+                    loss, logs = loss_fn(model, batch, state["step"] / total)
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients and cfg.max_grad_norm:
+                        accelerator.clip_grad_norm_(
+                            _trained_parameters(model, loss_fn), cfg.max_grad_norm
+                        )
+                    optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad()
+                state["batch_in_epoch"] += 1
+                if not accelerator.sync_gradients:
+                    continue
+                state["step"] += 1
+                bar.update(1)
+                if on_step is not None:
+                    on_step()
+                if state["step"] % cfg.log_every == 0:
+                    logs = {
+                        "train/loss": loss.detach().item(),
+                        "train/lr": scheduler.get_last_lr()[0],
+                        **{f"train/{k}": v for k, v in logs.items()},
+                    }
+                    accelerator.log(logs, step=state["step"])
+                    bar.set_postfix(loss=f"{logs['train/loss']:.4f}")
+                if state["batch_in_epoch"] >= len(loader) or state["step"] >= total:
+                    break  # end-of-epoch / end-of-training work happens below, once
+                if evaluate and cfg.eval_every and state["step"] % cfg.eval_every == 0:
+                    run_eval()
+                if state["step"] % cfg.save_every == 0:
+                    save_checkpoint(accelerator, out_dir / "checkpoints", state)
+            epoch_done = state["batch_in_epoch"] >= len(loader)
+            if epoch_done:
+                state["epoch_seconds"].append(time.perf_counter() - started)
+                accelerator.print(
+                    f"epoch {state['epoch'] + 1} took "
+                    f"{state['epoch_seconds'][-1]:.1f}s"
+                    + (f" (resumed after {skip} batches)" if skip else "")
+                )
+                state["epoch"] += 1
+                state["batch_in_epoch"] = 0
+            if evaluate and (
+                epoch_done
+                and not cfg.eval_every
+                or state["step"] >= total
+                or cfg.eval_every
+                and state["step"] % cfg.eval_every == 0
+            ):
                 run_eval()
-            if state["step"] % cfg.save_every == 0:
-                save_checkpoint(accelerator, out_dir / "checkpoints", state)
-        epoch_done = state["batch_in_epoch"] >= len(loader)
-        if epoch_done:
-            state["epoch_seconds"].append(time.perf_counter() - started)
-            accelerator.print(
-                f"epoch {state['epoch'] + 1} took "
-                f"{state['epoch_seconds'][-1]:.1f}s"
-                + (f" (resumed after {skip} batches)" if skip else "")
-            )
-            state["epoch"] += 1
-            state["batch_in_epoch"] = 0
-        if evaluate and (
-            epoch_done
-            and not cfg.eval_every
-            or state["step"] >= total
-            or cfg.eval_every
-            and state["step"] % cfg.eval_every == 0
-        ):
-            run_eval()
-        save_checkpoint(accelerator, out_dir / "checkpoints", state)
+            save_checkpoint(accelerator, out_dir / "checkpoints", state)
     bar.close()
     if evaluate and (not state["evals"] or state["evals"][-1]["step"] != state["step"]):
         run_eval()
