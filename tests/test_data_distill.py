@@ -12,6 +12,7 @@ from slimformer.methods.data_distill.selection import (
     disagreement,
     entropy,
     informativeness,
+    label_conflicts,
     length_bins,
     margin,
     select,
@@ -41,6 +42,18 @@ def test_select_most_informative_fraction():
     assert balanced.tolist() == [0, 1, 3]  # half of each class: 2 of class 0's 3, 1 of class 1's 1
     stats = selection_stats(scores, balanced, predicted)
     assert stats["kept"] == 3 and stats["classes"]["1"] == {"all": 1, "kept": 1}
+
+
+def test_label_conflicts_are_ranked_last_and_the_fraction_is_kept():
+    """Row 0 (the least certain) contradicts its gold label: it gives way to the next most
+    uncertain row; unlabeled rows (-100) never count as conflicts."""
+    predicted = PROBS.argmax(-1)  # 0, 0, 0, 1
+    conflicts = label_conflicts(predicted, np.array([1, 0, -100, 1]))
+    assert conflicts.tolist() == [True, False, False, False]
+    scores = informativeness("entropy", [PROBS])
+    assert select(scores, 0.5, last=conflicts).tolist() == [1, 3]
+    assert select(scores, 1.0, last=conflicts).tolist() == [0, 1, 2, 3]  # kept when needed
+    assert len(select(scores, 0.5, sampling="proportional", last=conflicts)) == 2
 
 
 def test_proportional_selection_is_seeded_and_favours_informative_rows():
@@ -120,7 +133,7 @@ def test_data_distillation_stage_end_to_end(tiny_teacher, sst2_slice, tmp_path, 
         tiny_teacher,
         sst2_slice,
         batch_size=16,
-        selection={"criterion": "entropy", "fraction": 0.5},
+        selection={"criterion": "entropy", "fraction": 0.5, "skip_label_conflicts": True},
         curriculum={"pacing": "root", "start": 0.5},
         temperatures=[1.0, 2.0],
     )
@@ -129,6 +142,7 @@ def test_data_distillation_stage_end_to_end(tiny_teacher, sst2_slice, tmp_path, 
     stage = report["stages"][0]
     assert stage["labeled_examples"] == 64 and stage["unlabeled_examples"] == 192
     assert stage["selection"]["kept"] == 96 and stage["selection"]["total"] == 192
+    assert stage["selection"]["label_conflicts"] == {"all": 0, "kept": 0}  # unlabeled rows
     assert stage["steps"] == 10  # (64 + 96) / 16
     assert stage["curriculum"]["pacing"] == "root"
     saved = json.loads((tmp_path / "dd" / "stages" / "0-distill" / "selection.json").read_text())

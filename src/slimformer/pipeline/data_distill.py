@@ -13,6 +13,7 @@ from slimformer.errors import RecipeError
 from slimformer.methods.data_distill.curriculum import CurriculumBatchSampler
 from slimformer.methods.data_distill.selection import (
     informativeness,
+    label_conflicts,
     length_bins,
     select,
     selection_stats,
@@ -127,13 +128,28 @@ def _select(
     if sel.length_bins > 1:
         lengths = np.array([len(ids) for ids in rows.select(candidates.tolist())["input_ids"]])
         strata = length_bins(lengths, sel.length_bins)
+    conflicts = None
+    if sel.skip_label_conflicts:
+        conflicts = label_conflicts(predicted, np.asarray(rows["labels"])[candidates])
     chosen = select(
-        scores, sel.fraction, predicted, sel.class_balanced, sel.sampling, sel.seed, strata
+        scores,
+        sel.fraction,
+        predicted,
+        sel.class_balanced,
+        sel.sampling,
+        sel.seed,
+        strata,
+        last=conflicts,
     )
     keep = candidates[chosen]
     if sel.scope == "unlabeled":
         keep = np.concatenate([np.arange(n - n_unlabeled), keep])
     stats = selection_stats(scores, chosen, predicted) | sel.model_dump()
+    if conflicts is not None:
+        stats["label_conflicts"] = {
+            "all": int(conflicts.sum()),
+            "kept": int(conflicts[chosen].sum()),
+        }
     write_json_atomic(stage_dir / "selection.json", {**stats, "kept_rows": keep.tolist()})
     log.info(
         "selection (%s, %.0f%%): %d of %d candidate rows kept",

@@ -54,6 +54,11 @@ class SelectionConfig(StrictConfig):
         description="> 1: keep the fraction within each of this many token-length quantile "
         "bins (the kept rows keep the pool's length mix); 0 or 1: off",
     )
+    skip_label_conflicts: bool = Field(
+        False,
+        description="rank rows whose gold label the teacher's top class contradicts last "
+        "(ambiguous fragments or label noise); rows without a gold label are unaffected",
+    )
     sampling: Literal["top", "proportional"] = Field(
         "top",
         description="top: the most informative rows; proportional: drawn with probability "

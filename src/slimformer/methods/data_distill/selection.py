@@ -97,12 +97,16 @@ def select(
     sampling: str = "top",
     seed: int = 0,
     strata: np.ndarray | None = None,
+    last: np.ndarray | None = None,
 ) -> np.ndarray:
     """Indices (sorted) of the ``fraction`` kept by score (see ``sampling_keys``); the same
     fraction within every predicted class when balanced, and within every ``strata`` group
-    (e.g. ``length_bins``) when given."""
+    (e.g. ``length_bins``) when given. Rows flagged in ``last`` (a bool mask) are kept only
+    when a group has too few other rows; the fraction stays that of all rows."""
     check_fraction(fraction)
     keys = sampling_keys(scores, sampling, seed)
+    if last is not None:
+        keys = np.where(np.asarray(last, dtype=bool), -np.inf, keys)
     n = len(scores)
     groups = np.zeros(n, dtype=np.int64)
     if class_balanced:
@@ -117,6 +121,13 @@ def select(
         k = max(1, round(len(members) * fraction))
         keep.append(members[np.argsort(-keys[members], kind="stable")[:k]])
     return np.sort(np.concatenate(keep))
+
+
+def label_conflicts(predicted: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Rows whose gold label (>= 0; -100 = unlabeled) the teacher's top class contradicts:
+    among the most uncertain rows these are mostly ambiguous fragments or label noise."""
+    labels = np.asarray(labels)
+    return (labels >= 0) & (labels != predicted)
 
 
 def selection_stats(scores: np.ndarray, chosen: np.ndarray, predicted: np.ndarray) -> dict:
