@@ -228,14 +228,65 @@ def test_crf_likelihood_against_brute_force():
     assert crf.decode(emissions, mask)[0] == list(best)
 
 
-def test_crf_student_end_to_end(tiny_ner_teacher, conll_slice, tmp_path, cache_dir):
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_crf_marginals_against_brute_force(temperature):
+    """Per-word marginals = sums of exp(score / T) over every tag sequence, for two sentences of
+    different lengths in one padded batch; forbidden IOB2 transitions get probability 0."""
+    import itertools
+
+    from slimformer.models.crf import IOB2CRF
+
+    labels = ["O", "B-X", "I-X"]
+    torch.manual_seed(2)
+    crf = IOB2CRF(labels)
+    with torch.no_grad():
+        for p in (crf.transitions, crf.start, crf.end):
+            p.normal_()
+    emissions = torch.randn(2, 4, 3)
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]], dtype=torch.bool)
+    got = crf.log_marginals(emissions, mask, temperature).exp()
+    trans = crf.transitions + crf.penalty
+    for row, length in enumerate((4, 3)):
+        seqs = list(itertools.product(range(3), repeat=length))
+        scores = []
+        for seq in seqs:
+            s = crf.start[seq[0]] + crf.start_penalty[seq[0]] + emissions[row, 0, seq[0]]
+            for i in range(1, length):
+                s = s + trans[seq[i - 1], seq[i]] + emissions[row, i, seq[i]]
+            scores.append((s + crf.end[seq[-1]]) / temperature)
+        probs = torch.stack(scores).softmax(0)
+        for i in range(length):
+            expected = torch.zeros(3)
+            for p, seq in zip(probs, seqs):
+                expected[seq[i]] += p
+            assert torch.allclose(got[row, i], expected, atol=1e-5)
+    assert got[:, 0, 2].max() < 1e-6  # I-X never starts a sentence
+
+
+def test_crf_marginals_without_a_crf_is_refused():
+    from slimformer.errors import RecipeError
+    from slimformer.pipeline.recipe import parse_recipe
+
+    tree = {
+        "task": "token-classification",
+        "teacher": {"model": "t"},
+        "student": {"layers": 1},
+        "data": {"train": "train.txt"},
+        "stages": [{"distill": {"crf_kd": "marginals"}}],
+    }
+    with pytest.raises(RecipeError, match="crf: true"):
+        parse_recipe(tree)
+
+
+@pytest.mark.parametrize("crf_kd", ["emissions", "marginals"])
+def test_crf_student_end_to_end(tiny_ner_teacher, conll_slice, tmp_path, cache_dir, crf_kd):
     from transformers import AutoModelForTokenClassification
 
     from slimformer.api import run
     from slimformer.models.crf import has_crf
     from slimformer.tasks import get_task
 
-    tree = _ner_recipe(tiny_ner_teacher, conll_slice, alpha=0.5)
+    tree = _ner_recipe(tiny_ner_teacher, conll_slice, alpha=0.5, crf_kd=crf_kd)
     tree["student"]["crf"] = True
     report = run(tree, tmp_path / "crf", cache_dir=str(cache_dir))
     assert report["student"]["metrics"]["f1"] >= 0.0

@@ -75,6 +75,28 @@ class IOB2CRF(nn.Module):
         score = score + self.end[last]
         return score - torch.logsumexp(alpha + self.end, dim=1)
 
+    def log_marginals(
+        self, emissions: torch.Tensor, mask: torch.Tensor, temperature: float = 1.0
+    ) -> torch.Tensor:
+        """log p(tag at word t | sentence) under the CRF with every score divided by
+        ``temperature`` (forward-backward; differentiable). (B, T, C); rows past a sentence's
+        length are meaningless. Posterior KD matches these to the teacher's tag distribution:
+        what the CRF decodes from, unlike a softmax of its emission scores alone."""
+        emissions, mask = emissions.float() / temperature, mask.bool()
+        t = emissions.shape[1]
+        trans = self._trans() / temperature
+        end = self.end / temperature
+        alphas = [(self.start + self.start_penalty) / temperature + emissions[:, 0]]
+        for i in range(1, t):
+            nxt = torch.logsumexp(alphas[-1][:, :, None] + trans[None] + emissions[:, i, None], 1)
+            alphas.append(torch.where(mask[:, i, None], nxt, alphas[-1]))
+        betas = [end.expand_as(alphas[0])]
+        for i in range(t - 2, -1, -1):  # beta_i(y) = log sum_y' exp(trans + e_{i+1} + beta_{i+1})
+            nxt = torch.logsumexp(trans[None] + (emissions[:, i + 1] + betas[0])[:, None], 2)
+            betas.insert(0, torch.where(mask[:, i + 1, None], nxt, end.expand_as(nxt)))
+        log_z = torch.logsumexp(alphas[-1] + end, dim=1)
+        return torch.stack(alphas, 1) + torch.stack(betas, 1) - log_z[:, None, None]
+
     @torch.no_grad()
     def decode(self, emissions: torch.Tensor, mask: torch.Tensor) -> list[list[int]]:
         """Viterbi: the best IOB2-valid tag sequence of each sentence (its real length)."""

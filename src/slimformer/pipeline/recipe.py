@@ -339,6 +339,11 @@ class Recipe(StrictConfig):
         for s in self.stages:
             if self.teacher is None and s.kind in ("distill", "prune", "sparsify", "qat"):
                 raise ValueError(f"a {s.kind} stage needs a teacher: add `teacher: {{model: ...}}`")
+            if getattr(s.config, "crf_kd", "emissions") == "marginals" and not self.student.crf:
+                raise ValueError(
+                    "crf_kd: marginals distils into a CRF's marginals: set `student: {crf: true}` "
+                    "(task: token-classification), or use crf_kd: emissions"
+                )
         if self.teacher is None and self.student.model is None:
             raise ValueError("without a teacher, set student.model to the model to fine-tune")
         return self

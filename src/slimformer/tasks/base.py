@@ -72,6 +72,13 @@ class Task(ABC):
         labels = self.hard_targets(batch)
         return None if labels is None else hard_fn(out.values, labels, out.mask)
 
+    def posterior_values(
+        self, model, out: Aligned, batch: dict, temperature: float
+    ) -> torch.Tensor:
+        """What posterior KD compares with the teacher's outputs at ``temperature``: a
+        structured output's marginals (a CRF's) where the task has one, else the outputs."""
+        return out.values
+
     def predict_values(self, model, batch: dict) -> torch.Tensor:
         """Outputs as metrics read them (a task may decode, e.g. Viterbi with a CRF)."""
         return self.forward(model, batch).values

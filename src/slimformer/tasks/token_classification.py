@@ -165,6 +165,23 @@ class TokenClassification(Task):
         nll = -model.crf.log_likelihood(emissions, tags[..., 0], mask)
         return nll.sum() / mask.sum().clamp(min=1)
 
+    def posterior_values(
+        self, model, out: Aligned, batch: dict, temperature: float
+    ) -> torch.Tensor:
+        """With a CRF student: at every word start, the CRF's log-marginals
+        at ``temperature`` (posterior distillation), scaled by it so that the soft loss's
+        ``log_softmax(values / T)`` gives them back; other positions keep the emission scores."""
+        model = getattr(model, "module", model)
+        if not has_crf(model) or "word_start" not in batch:
+            return out.values
+        b, length = batch["input_ids"].shape
+        grid = out.values.reshape(b, length, -1)
+        emissions, mask = words(grid, batch["word_start"])
+        marginals = model.crf.log_marginals(emissions, mask, temperature)
+        grid = grid.float().clone()
+        grid[batch["word_start"].bool()] = marginals[mask] * temperature  # row-major both sides
+        return grid.reshape(b * length, -1)
+
     def predict_values(self, model, batch: dict) -> torch.Tensor:
         """With a CRF: the Viterbi path (always valid IOB2) wins the argmax at word starts."""
         values = self.forward(model, batch).values

@@ -10,6 +10,7 @@ finetune and distill share one training loop and one loss path.
 
 from collections.abc import Callable
 from contextlib import nullcontext
+from typing import Literal
 
 import torch
 from pydantic import Field, field_validator
@@ -39,6 +40,11 @@ class DistillLossConfig(StrictConfig):
     )
     relations: dict[str, float] = Field(
         {}, description="extra soft terms with weights, e.g. {rkd_distance: 1, rkd_angle: 2}"
+    )
+    crf_kd: Literal["emissions", "marginals"] = Field(
+        "emissions",
+        description="with a CRF student (token classification): the soft term on a softmax of "
+        "its emission scores, or on the CRF's per-word marginals (posterior distillation)",
     )
     prediction_weight: ScheduledValue = Field(
         1.0, description="weight of the prediction (logit) part; 0 = intermediate terms only"
@@ -159,9 +165,10 @@ class KDLoss:
         alpha, t, pw = weights
         loss = 0.0
         if target is not None:
-            soft_loss = sum(self.soft(out.values, target, out.mask, tk) for tk in temps) / len(
-                temps
-            )
+            soft_loss = sum(
+                self.soft(self._soft_values(model, out, batch, tk), target, out.mask, tk)
+                for tk in temps
+            ) / len(temps)
             logs["loss_soft"] = soft_loss.detach().item()
             for name, weight in self.cfg.relations.items():
                 term = SOFT_LOSSES.get(name)(out.values, target, out.mask, t)
@@ -174,6 +181,11 @@ class KDLoss:
                 logs["loss_hard"] = hard_loss.detach().item()
                 loss = loss + pw * (1 - alpha) * hard_loss
         return loss
+
+    def _soft_values(self, model, out, batch, t: float) -> torch.Tensor:
+        if self.cfg.crf_kd == "emissions":
+            return out.values
+        return self.task.posterior_values(model, out, batch, t)
 
     def _shared_pick_sets(self, target, batch, temps, alpha) -> list[torch.Tensor]:
         """The student-logit indices both the top-k KD term and cross-entropy pick at T = 1
