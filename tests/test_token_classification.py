@@ -263,6 +263,29 @@ def test_crf_marginals_against_brute_force(temperature):
     assert got[:, 0, 2].max() < 1e-6  # I-X never starts a sentence
 
 
+def test_posterior_values_put_crf_marginals_at_word_starts():
+    """What the soft loss reads: log_softmax(values / T) is the CRF's marginal at each word
+    start (its sub-tokens and padding keep the emission scores)."""
+    from types import SimpleNamespace
+
+    from slimformer.models.crf import IOB2CRF
+    from slimformer.tasks.base import Aligned
+    from slimformer.tasks.token_classification import TokenClassification, words
+
+    torch.manual_seed(3)
+    model = SimpleNamespace(crf=IOB2CRF(["O", "B-X", "I-X"]))
+    word_start = torch.tensor([[0, 1, 1, 0, 1, 0], [0, 1, 0, 1, 0, 0]])
+    batch = {"input_ids": torch.zeros(2, 6, dtype=torch.long), "word_start": word_start}
+    values = torch.randn(12, 3)
+    out = Aligned(values, word_start.reshape(-1).bool())
+    got = TokenClassification().posterior_values(model, out, batch, 2.0).reshape(2, 6, 3)
+    emissions, mask = words(values.reshape(2, 6, 3), word_start)
+    expected = model.crf.log_marginals(emissions, mask, 2.0).clamp(min=-30)
+    starts = word_start.bool()
+    assert torch.allclose((got[starts] / 2.0).log_softmax(-1), expected[mask], atol=1e-5)
+    assert torch.equal(got[~starts], values.reshape(2, 6, 3)[~starts])
+
+
 def test_crf_marginals_without_a_crf_is_refused():
     from slimformer.errors import RecipeError
     from slimformer.pipeline.recipe import parse_recipe

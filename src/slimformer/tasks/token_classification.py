@@ -23,6 +23,7 @@ from slimformer.tasks.metrics import entity_metrics
 from slimformer.tasks.sequence_classification import label_mapper, subsample
 
 PER_TOKEN = ("labels", "kd_mask", "word_start")
+LOG_FLOOR = -30.0  # log-probabilities below this are treated as exactly impossible
 
 
 def is_conll(source: str, fmt: str) -> bool:
@@ -177,7 +178,9 @@ class TokenClassification(Task):
         b, length = batch["input_ids"].shape
         grid = out.values.reshape(b, length, -1)
         emissions, mask = words(grid, batch["word_start"])
-        marginals = model.crf.log_marginals(emissions, mask, temperature)
+        # floored: a forbidden tag (I-X first) has log p ~ -1e4 / T, which would swamp the
+        # logged loss wherever the teacher gives it a trace of mass (its gradient is nil anyway)
+        marginals = model.crf.log_marginals(emissions, mask, temperature).clamp(min=LOG_FLOOR)
         grid = grid.float().clone()
         grid[batch["word_start"].bool()] = marginals[mask] * temperature  # row-major both sides
         return grid.reshape(b * length, -1)
