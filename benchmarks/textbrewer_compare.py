@@ -16,9 +16,13 @@ and with ``teacher_states: cache`` its hidden states too.
     .venv/bin/pip install textbrewer==0.2.1.post1 --no-deps   # once; pure Python
     .venv/bin/python benchmarks/textbrewer_compare.py --train-examples 8000 --epochs 2
 
-With ``--bf16`` (default) a third slimformer row trains the student under bf16 autocast with the
-teacher's passes in bf16 too; TextBrewer has no CPU mixed precision (its ``fp16`` is NVIDIA
-apex), so its row stays fp32.
+Rows (``--rows``, all by default): TextBrewer as shipped, TextBrewer under slimformer's allocator
+setting, slimformer with the teacher's states online / cached in fp32, and cached with the
+student under bf16 autocast and the teacher's passes in bf16 (TextBrewer has no CPU mixed
+precision: its ``fp16`` is NVIDIA apex, so its rows stay fp32). ``--rounds 2`` runs them twice,
+the second time in reverse order, for ratios that do not ride on this guest's drift:
+
+    .venv/bin/python benchmarks/textbrewer_compare.py --rows textbrewer,cache-bf16 --rounds 2
 """
 
 import argparse
@@ -216,6 +220,15 @@ def run_textbrewer(
     }
 
 
+ROWS = {  # name -> (train_examples, epochs, work) -> row
+    "textbrewer": lambda n, e, w: run_textbrewer(n, e, w),
+    "textbrewer-heap": lambda n, e, w: run_textbrewer(n, e, w, True),
+    "online-fp32": lambda n, e, w: run_slimformer(n, e, "online", w),
+    "cache-fp32": lambda n, e, w: run_slimformer(n, e, "cache", w),
+    "cache-bf16": lambda n, e, w: run_slimformer(n, e, "cache", w, "bf16"),
+}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -224,44 +237,46 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--out", default="runs/textbrewer-compare.json")
     p.add_argument(
-        "--bf16",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="add a slimformer row with the student under bf16 autocast and the teacher in bf16",
+        "--rows",
+        default=",".join(ROWS),
+        help="comma-separated rows, first = the baseline of the ratios: " + ", ".join(ROWS),
     )
     p.add_argument(
-        "--textbrewer-heap",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="add a TextBrewer row under slimformer's keep_freed_memory allocator setting",
+        "--rounds",
+        type=int,
+        default=1,
+        help="run the rows this many times, every other round in reverse order (A B, B A, ...): "
+        "this guest's speed drifts, so ratios are taken within a round",
     )
     args = p.parse_args()
+    names = args.rows.split(",")
+    unknown = [n for n in names if n not in ROWS]
+    if unknown:
+        p.error(f"unknown rows {unknown}; known: {', '.join(ROWS)}")
     torch.set_num_threads(2)
     from slimformer.hardware.cpu_features import cpu_name
 
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        rows.append(run_textbrewer(args.train_examples, args.epochs, work))
-        if args.textbrewer_heap:
-            rows.append(run_textbrewer(args.train_examples, args.epochs, work, True))
-        for states in ("online", "cache"):
-            rows.append(run_slimformer(args.train_examples, args.epochs, states, work))
-        if args.bf16:
-            rows.append(run_slimformer(args.train_examples, args.epochs, "cache", work, "bf16"))
-    base = rows[0]["samples_per_s"]
-    for r in rows:
-        r["throughput_vs_textbrewer"] = round(r["samples_per_s"] / base, 2)
+    for r in range(args.rounds):
+        order = names if r % 2 == 0 else names[::-1]
+        with tempfile.TemporaryDirectory() as tmp:  # every row starts cold: the teacher runs
+            done = {n: ROWS[n](args.train_examples, args.epochs, Path(tmp)) for n in order}
+        base = done[names[0]]["samples_per_s"]
+        for n in names:
+            done[n]["round"] = r + 1
+            done[n]["throughput_vs_textbrewer"] = round(done[n]["samples_per_s"] / base, 2)
+            rows.append(done[n])
     result = {"cpu": cpu_name(), "torch": torch.__version__, "args": vars(args), "rows": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
     print(
-        "\n| library | dev accuracy | train s | samples/s | vs TextBrewer |\n|---|---|---|---|---|"
+        "\n| round | library | dev accuracy | train s | samples/s | vs first row |\n"
+        "|---|---|---|---|---|---|"
     )
     for r in rows:
         print(
-            f"| {r['library']} | {r['accuracy']:.4f} | {r['train_seconds']} | "
+            f"| {r['round']} | {r['library']} | {r['accuracy']:.4f} | {r['train_seconds']} | "
             f"{r['samples_per_s']} | {r['throughput_vs_textbrewer']}x |"
         )
 
