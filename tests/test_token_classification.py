@@ -198,34 +198,39 @@ def test_crf_decode_never_emits_an_invalid_iob2_transition():
     assert not all(_valid_iob2([TAGS[t] for t in row]) for row in emissions.argmax(-1).tolist())
 
 
-def test_crf_likelihood_against_brute_force():
-    import itertools
-
+def _random_crf(seed: int):
     from slimformer.models.crf import IOB2CRF
 
-    labels = ["O", "B-X", "I-X"]
-    torch.manual_seed(1)
-    crf = IOB2CRF(labels)
+    torch.manual_seed(seed)
+    crf = IOB2CRF(["O", "B-X", "I-X"])
     with torch.no_grad():
         for p in (crf.transitions, crf.start, crf.end):
             p.normal_()
+    return crf
+
+
+def _sequence_score(crf, emissions: torch.Tensor, seq: tuple[int, ...]) -> torch.Tensor:
+    """The CRF's score of one tag sequence, written out: (L, C) emissions of one sentence."""
+    trans = crf.transitions + crf.penalty
+    s = crf.start[seq[0]] + crf.start_penalty[seq[0]] + emissions[0, seq[0]]
+    for i in range(1, len(seq)):
+        s = s + trans[seq[i - 1], seq[i]] + emissions[i, seq[i]]
+    return s + crf.end[seq[-1]]
+
+
+def test_crf_likelihood_against_brute_force():
+    import itertools
+
+    crf = _random_crf(1)
     emissions = torch.randn(1, 3, 3)
     mask = torch.ones(1, 3, dtype=torch.bool)
-
-    def score(seq):
-        trans = crf.transitions + crf.penalty
-        s = crf.start[seq[0]] + crf.start_penalty[seq[0]] + emissions[0, 0, seq[0]]
-        for i in range(1, 3):
-            s = s + trans[seq[i - 1], seq[i]] + emissions[0, i, seq[i]]
-        return s + crf.end[seq[-1]]
-
-    scores = torch.stack([score(s) for s in itertools.product(range(3), repeat=3)])
+    seqs = list(itertools.product(range(3), repeat=3))
+    scores = torch.stack([_sequence_score(crf, emissions[0], s) for s in seqs])
     gold = (1, 2, 0)  # B-X I-X O
-    expected = score(gold) - torch.logsumexp(scores, 0)
+    expected = _sequence_score(crf, emissions[0], gold) - torch.logsumexp(scores, 0)
     got = crf.log_likelihood(emissions, torch.tensor([gold]), mask)
     assert got.item() == pytest.approx(expected.item(), abs=1e-4)
-    best = max(itertools.product(range(3), repeat=3), key=lambda s: score(s).item())
-    assert crf.decode(emissions, mask)[0] == list(best)
+    assert crf.decode(emissions, mask)[0] == list(seqs[int(scores.argmax())])
 
 
 @pytest.mark.parametrize("temperature", [1.0, 2.0])
@@ -234,30 +239,17 @@ def test_crf_marginals_against_brute_force(temperature):
     different lengths in one padded batch; forbidden IOB2 transitions get probability 0."""
     import itertools
 
-    from slimformer.models.crf import IOB2CRF
-
-    labels = ["O", "B-X", "I-X"]
-    torch.manual_seed(2)
-    crf = IOB2CRF(labels)
-    with torch.no_grad():
-        for p in (crf.transitions, crf.start, crf.end):
-            p.normal_()
+    crf = _random_crf(2)
     emissions = torch.randn(2, 4, 3)
     mask = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]], dtype=torch.bool)
     got = crf.log_marginals(emissions, mask, temperature).exp()
-    trans = crf.transitions + crf.penalty
     for row, length in enumerate((4, 3)):
         seqs = list(itertools.product(range(3), repeat=length))
-        scores = []
-        for seq in seqs:
-            s = crf.start[seq[0]] + crf.start_penalty[seq[0]] + emissions[row, 0, seq[0]]
-            for i in range(1, length):
-                s = s + trans[seq[i - 1], seq[i]] + emissions[row, i, seq[i]]
-            scores.append((s + crf.end[seq[-1]]) / temperature)
-        probs = torch.stack(scores).softmax(0)
+        scores = torch.stack([_sequence_score(crf, emissions[row], s) for s in seqs])
+        probs = (scores / temperature).softmax(0)
         for i in range(length):
             expected = torch.zeros(3)
-            for p, seq in zip(probs, seqs):
+            for p, seq in zip(probs, seqs, strict=True):
                 expected[seq[i]] += p
             assert torch.allclose(got[row, i], expected, atol=1e-5)
     assert got[:, 0, 2].max() < 1e-6  # I-X never starts a sentence
