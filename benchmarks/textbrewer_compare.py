@@ -84,6 +84,9 @@ def recipe(train_examples: int, epochs: int, states: str, precision: str = "fp32
                     "warmup_ratio": 0.06,
                     "save_every": 100000,
                     "mixed_precision": "bf16" if precision == "bf16" else "no",
+                    # at SST-2's ~26 tokens eager attention ran the student's step ~13% faster
+                    # than sdpa on this project's 2-core AMD EPYC (same at 64 tokens)
+                    "attn_implementation": "eager",
                     "teacher_precision": precision,
                 }
             }

@@ -159,3 +159,29 @@ def test_cli_eval_export_and_quantize(tiny_teacher, sst2_slice, tmp_path, capsys
     )
     report = json.loads((tmp_path / "q" / "report.json").read_text())
     assert report["student"]["runtime"] == "onnxruntime" and report["teacher"] is None
+
+
+def test_training_with_another_attention_kernel(
+    tiny_teacher, sst2_slice, tmp_path, cache_dir, monkeypatch
+):
+    """``attn_implementation: eager`` is used while the student trains and the model gets its
+    own kernel back; the saved folder does not carry the training choice."""
+    from slimformer.train import loop
+
+    seen = []
+    original = loop._switch_attention
+
+    def spy(model, implementation):
+        restore = original(model, implementation)
+        seen.append(model.config._attn_implementation)
+        return lambda: (restore(), seen.append(model.config._attn_implementation))
+
+    monkeypatch.setattr(loop, "_switch_attention", spy)
+    run(
+        sst2_recipe(tiny_teacher, sst2_slice, attn_implementation="eager"),
+        tmp_path / "r",
+        cache_dir,
+    )
+    assert seen == ["eager", "sdpa"]
+    config = json.loads((tmp_path / "r" / "model" / "config.json").read_text())
+    assert config.get("_attn_implementation", "sdpa") != "eager"

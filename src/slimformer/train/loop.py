@@ -69,6 +69,16 @@ def _allow_precision_change(mixed_precision: str) -> None:
         AcceleratorState._reset_state(reset_partial_state=False)
 
 
+def _switch_attention(model: torch.nn.Module, implementation: str | None) -> Callable[[], None]:
+    """Train with another attention kernel (``TrainConfig.attn_implementation``); returns
+    what puts the model's own back."""
+    own = getattr(getattr(model, "config", None), "_attn_implementation", None)
+    if implementation is None or own is None or implementation == own:
+        return lambda: None
+    model.set_attn_implementation(implementation)
+    return lambda: model.set_attn_implementation(own)
+
+
 def _trained_parameters(model: torch.nn.Module, loss_fn) -> list[torch.nn.Parameter]:
     aux = getattr(loss_fn, "aux_module", None)
     return list(model.parameters()) + (list(aux.parameters()) if aux is not None else [])
@@ -147,6 +157,7 @@ def train(
     aux = getattr(loss_fn, "aux_module", None)
     optimizer = _optimizer([model] + ([aux] if aux is not None else []), cfg)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total), total)
+    restore_attention = _switch_attention(model, cfg.attn_implementation)
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
     if keep_autocast_outputs:
         _autocast_without_fp32_outputs(accelerator, model)
@@ -276,6 +287,7 @@ def train(
         run_eval()
     if not evaluate:
         _save_model(accelerator, model, out_dir / "final", tokenizer)
+    restore_attention()
     for tracker in accelerator.trackers:  # not end_training(): it also ends the process
         tracker.finish()  # group, which later stages and the run folder still use
     return TrainResult(
