@@ -224,15 +224,16 @@ def run_textbrewer(
 
 
 ROWS = {  # name -> (train_examples, epochs, work) -> row
-    "textbrewer": lambda n, e, w: run_textbrewer(n, e, w),
-    "textbrewer-heap": lambda n, e, w: run_textbrewer(n, e, w, True),
+    "textbrewer": run_textbrewer,
+    "textbrewer-heap": lambda n, e, w: run_textbrewer(n, e, w, keep_freed_memory=True),
     "online-fp32": lambda n, e, w: run_slimformer(n, e, "online", w),
     "cache-fp32": lambda n, e, w: run_slimformer(n, e, "cache", w),
     "cache-bf16": lambda n, e, w: run_slimformer(n, e, "cache", w, "bf16"),
 }
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The options, checked before any model is loaded."""
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -251,11 +252,18 @@ def main() -> None:
         help="run the rows this many times, every other round in reverse order (A B, B A, ...): "
         "this guest's speed drifts, so ratios are taken within a round",
     )
-    args = p.parse_args()
-    names = args.rows.split(",")
-    unknown = [n for n in names if n not in ROWS]
+    args = p.parse_args(argv)
+    unknown = [n for n in args.rows.split(",") if n not in ROWS]
     if unknown:
         p.error(f"unknown rows {unknown}; known: {', '.join(ROWS)}")
+    if args.rounds < 1:
+        p.error(f"--rounds must be 1 or more, got {args.rounds}")
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    names = args.rows.split(",")
     torch.set_num_threads(2)
     from slimformer.hardware.cpu_features import cpu_name
 

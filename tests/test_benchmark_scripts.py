@@ -1,0 +1,32 @@
+"""The benchmark scripts refuse bad options before loading any model."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "textbrewer_compare.py"
+
+
+def _textbrewer_compare():
+    spec = importlib.util.spec_from_file_location("textbrewer_compare", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [(["--rows", "textbrewer,nope"], "unknown rows ['nope']"), (["--rounds", "0"], "--rounds")],
+)
+def test_textbrewer_compare_refuses_bad_options(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        _textbrewer_compare().parse_args(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_textbrewer_compare_defaults_run_every_row_once():
+    module = _textbrewer_compare()
+    args = module.parse_args([])
+    assert args.rows.split(",") == list(module.ROWS) and args.rounds == 1
