@@ -23,6 +23,7 @@ from slimformer.data.batching import LengthGroupedBatchSampler, WholeRounds
 from slimformer.errors import RecipeError
 from slimformer.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from slimformer.train.config import TrainConfig
+from slimformer.train.fast_dropout import fast_cpu_dropout
 from slimformer.train.processes import use_cpu
 from slimformer.utils.atomic import atomic_dir
 from slimformer.utils.malloc import keep_freed_memory
@@ -215,7 +216,7 @@ def train(
         disable=not accelerator.is_local_main_process,
     )
     # freed step buffers stay in the heap: no page faults re-zeroing them every step
-    with keep_freed_memory(cfg.keep_freed_memory):
+    with keep_freed_memory(cfg.keep_freed_memory), fast_cpu_dropout(cfg.fast_dropout):
         while state["step"] < total:
             skip = state["batch_in_epoch"]
             batches = accelerator.skip_first_batches(loader, skip) if skip else loader
