@@ -6,7 +6,7 @@ rows (a seeded sample of --train-examples); TinyBERT-style objective in both: hi
 layers 0/1/2/3 <- 0/1/4/6, attention distributions (KL / cross-entropy) at 1/2/3 <- 1/4/6,
 soft-target KD at T=2 (weight 0.7) and hard-label CE (0.3), weighted so both libraries optimise
 the same objective (up to constants). Both see the batches of slimformer's
-length-grouped sampler (seed 0, reshuffled each epoch). Throughput = training samples / training
+length-grouped sampler (seeded, reshuffled each epoch). Throughput = training samples / training
 seconds (evaluation excluded); accuracy on the full dev set (872) after the last epoch.
 
 TextBrewer runs the teacher every batch with eager attention (it needs the attention
@@ -19,10 +19,16 @@ and with ``teacher_states: cache`` its hidden states too.
 Rows (``--rows``, all by default): TextBrewer as shipped, TextBrewer under slimformer's allocator
 setting, slimformer with the teacher's states online / cached in fp32, and cached with the
 student under bf16 autocast and the teacher's passes in bf16 (TextBrewer has no CPU mixed
-precision: its ``fp16`` is NVIDIA apex, so its rows stay fp32). ``--rounds 2`` runs them twice,
-the second time in reverse order, for ratios that do not ride on this guest's drift:
+precision: its ``fp16`` is NVIDIA apex, so its rows stay fp32), and that last row with torch's
+own dropout instead of slimformer's faster CPU masks (``fast_dropout: false``). ``--rounds 2``
+runs them twice, the second time in reverse order, for ratios that do not ride on this guest's
+drift:
 
     .venv/bin/python benchmarks/textbrewer_compare.py --rows textbrewer,cache-bf16 --rounds 2
+
+``--seeds 0,1,2`` runs one round per seed (the seed picks the training sample, the batch order
+and the dropout masks in both libraries): one seed's dev accuracy moves by a few examples of
+872, so accuracies are compared as means over seeds.
 """
 
 import argparse
@@ -45,12 +51,19 @@ ALPHA = 0.7 / (0.7 + 0.3 * 4)
 PREDICTION_WEIGHT = 0.3 / (1 - ALPHA)
 
 
-def recipe(train_examples: int, epochs: int, states: str, precision: str = "fp32") -> dict:
+def recipe(
+    train_examples: int,
+    epochs: int,
+    states: str,
+    precision: str = "fp32",
+    seed: int = 0,
+    fast_dropout: bool = True,
+) -> dict:
     """``precision: bf16``: the student trains under bf16 autocast and the teacher's passes run
     under it too (the CPU's bf16 units); the weights and the optimizer stay fp32."""
     return {
         "task": "sequence-classification",
-        "seed": 0,
+        "seed": seed,
         "teacher": {"model": str(TEACHER)},
         "student": {"layers": [0, 3, 5]},
         "data": {
@@ -88,6 +101,7 @@ def recipe(train_examples: int, epochs: int, states: str, precision: str = "fp32
                     # than sdpa on this project's 2-core AMD EPYC (same at 64 tokens)
                     "attn_implementation": "eager",
                     "teacher_precision": precision,
+                    "fast_dropout": fast_dropout,
                 }
             }
         ],
@@ -96,20 +110,27 @@ def recipe(train_examples: int, epochs: int, states: str, precision: str = "fp32
 
 
 def run_slimformer(
-    train_examples: int, epochs: int, states: str, work: Path, precision: str = "fp32"
+    train_examples: int,
+    epochs: int,
+    states: str,
+    work: Path,
+    precision: str = "fp32",
+    seed: int = 0,
+    fast_dropout: bool = True,
 ) -> dict:
     from slimformer.api import run
 
-    name = f"{states}-{precision}"
+    name = f"{states}-{precision}" + ("" if fast_dropout else "-torch-dropout")
     report = run(
-        recipe(train_examples, epochs, states, precision),
+        recipe(train_examples, epochs, states, precision, seed, fast_dropout),
         work / f"slimformer-{name}",
         cache_dir=str(work / f"cache-{name}"),  # every run starts cold: the teacher runs
     )
     stage = report["stages"][0]
     seconds = sum(stage["epoch_seconds"])
     return {
-        "library": f"slimformer (teacher_states: {states}, {precision})",
+        "library": f"slimformer (teacher_states: {states}, {precision}"
+        + (")" if fast_dropout else ", torch's dropout)"),
         "accuracy": report["student"]["metrics"]["accuracy"],
         "train_seconds": round(seconds, 1),
         "epoch_seconds": stage["epoch_seconds"],
@@ -134,7 +155,7 @@ class EpochSampler:
 
 
 def run_textbrewer(
-    train_examples: int, epochs: int, work: Path, keep_freed_memory: bool = False
+    train_examples: int, epochs: int, work: Path, keep_freed_memory: bool = False, seed: int = 0
 ) -> dict:
     """``keep_freed_memory``: TextBrewer's training under the allocator setting slimformer's
     loop uses (not TextBrewer's default; a row to show what that setting alone is worth)."""
@@ -150,15 +171,15 @@ def run_textbrewer(
     from slimformer.utils.malloc import keep_freed_memory as heap_setting
 
     ctx = build_context(
-        parse_recipe(recipe(train_examples, epochs, "online")), str(work / "tb-cache")
+        parse_recipe(recipe(train_examples, epochs, "online", seed=seed)), str(work / "tb-cache")
     )
     kw = {"attn_implementation": "eager", "output_hidden_states": True, "output_attentions": True}
     teacher = AutoModelForSequenceClassification.from_pretrained(TEACHER, **kw).eval()
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     student = copy_layers(teacher, [0, 3, 5])
     columns = ["input_ids", "attention_mask", "token_type_ids", "labels"]
     ds = ctx.train_ds.remove_columns([c for c in ctx.train_ds.column_names if c not in columns])
-    sampler = LengthGroupedBatchSampler([len(x) for x in ds["input_ids"]], 32, seed=0)
+    sampler = LengthGroupedBatchSampler([len(x) for x in ds["input_ids"]], 32, seed=seed)
     # TextBrewer calls model(**batch) only for a plain dict (BatchEncoding is not one)
     loader = DataLoader(
         ds, batch_sampler=EpochSampler(sampler), collate_fn=lambda rows: dict(ctx.collate(rows))
@@ -223,12 +244,15 @@ def run_textbrewer(
     }
 
 
-ROWS = {  # name -> (train_examples, epochs, work) -> row
-    "textbrewer": run_textbrewer,
-    "textbrewer-heap": lambda n, e, w: run_textbrewer(n, e, w, keep_freed_memory=True),
-    "online-fp32": lambda n, e, w: run_slimformer(n, e, "online", w),
-    "cache-fp32": lambda n, e, w: run_slimformer(n, e, "cache", w),
-    "cache-bf16": lambda n, e, w: run_slimformer(n, e, "cache", w, "bf16"),
+ROWS = {  # name -> (train_examples, epochs, work, seed) -> row
+    "textbrewer": lambda n, e, w, s: run_textbrewer(n, e, w, seed=s),
+    "textbrewer-heap": lambda n, e, w, s: run_textbrewer(n, e, w, keep_freed_memory=True, seed=s),
+    "online-fp32": lambda n, e, w, s: run_slimformer(n, e, "online", w, seed=s),
+    "cache-fp32": lambda n, e, w, s: run_slimformer(n, e, "cache", w, seed=s),
+    "cache-bf16": lambda n, e, w, s: run_slimformer(n, e, "cache", w, "bf16", seed=s),
+    "cache-bf16-torch-dropout": lambda n, e, w, s: run_slimformer(
+        n, e, "cache", w, "bf16", seed=s, fast_dropout=False
+    ),
 }
 
 
@@ -246,6 +270,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="comma-separated rows, first = the baseline of the ratios: " + ", ".join(ROWS),
     )
     p.add_argument(
+        "--seeds",
+        default="0",
+        help="comma-separated seeds; every round runs once per seed (accuracy is compared as "
+        "the mean over seeds)",
+    )
+    p.add_argument(
         "--rounds",
         type=int,
         default=1,
@@ -258,6 +288,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"unknown rows {unknown}; known: {', '.join(ROWS)}")
     if args.rounds < 1:
         p.error(f"--rounds must be 1 or more, got {args.rounds}")
+    try:
+        args.seeds = [int(x) for x in args.seeds.split(",")]
+    except ValueError:
+        p.error(f"--seeds must be comma-separated integers, got {args.seeds!r}")
     return args
 
 
@@ -268,27 +302,49 @@ def main() -> None:
     from slimformer.hardware.cpu_features import cpu_name
 
     rows = []
-    for r in range(args.rounds):
+    rounds = [seed for _ in range(args.rounds) for seed in args.seeds]
+    for r, seed in enumerate(rounds):
         order = names if r % 2 == 0 else names[::-1]
         with tempfile.TemporaryDirectory() as tmp:  # every row starts cold: the teacher runs
-            done = {n: ROWS[n](args.train_examples, args.epochs, Path(tmp)) for n in order}
+            done = {n: ROWS[n](args.train_examples, args.epochs, Path(tmp), seed) for n in order}
         base = done[names[0]]["samples_per_s"]
         for n in names:
-            done[n]["round"] = r + 1
+            done[n].update(round=r + 1, seed=seed)
             done[n]["throughput_vs_textbrewer"] = round(done[n]["samples_per_s"] / base, 2)
             rows.append(done[n])
-    result = {"cpu": cpu_name(), "torch": torch.__version__, "args": vars(args), "rows": rows}
+    means = {
+        r["library"]: {
+            "accuracy": round(float(np.mean([x["accuracy"] for x in group])), 4),
+            "throughput_vs_textbrewer": round(
+                float(np.mean([x["throughput_vs_textbrewer"] for x in group])), 2
+            ),
+        }
+        for r in rows
+        for group in [[x for x in rows if x["library"] == r["library"]]]
+    }
+    result = {
+        "cpu": cpu_name(),
+        "torch": torch.__version__,
+        "args": vars(args),
+        "rows": rows,
+        "means": means,
+    }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
     print(
-        "\n| round | library | dev accuracy | train s | samples/s | vs first row |\n"
-        "|---|---|---|---|---|---|"
+        "\n| round | seed | library | dev accuracy | train s | samples/s | vs first row |\n"
+        "|---|---|---|---|---|---|---|"
     )
     for r in rows:
         print(
-            f"| {r['round']} | {r['library']} | {r['accuracy']:.4f} | {r['train_seconds']} | "
-            f"{r['samples_per_s']} | {r['throughput_vs_textbrewer']}x |"
+            f"| {r['round']} | {r['seed']} | {r['library']} | {r['accuracy']:.4f} | "
+            f"{r['train_seconds']} | {r['samples_per_s']} | {r['throughput_vs_textbrewer']}x |"
+        )
+    for library, m in means.items():
+        print(
+            f"mean over {len(rounds)} rounds: {library}: accuracy {m['accuracy']:.4f}, "
+            f"{m['throughput_vs_textbrewer']}x"
         )
 
 

@@ -17,7 +17,11 @@ def _textbrewer_compare():
 
 @pytest.mark.parametrize(
     ("argv", "message"),
-    [(["--rows", "textbrewer,nope"], "unknown rows ['nope']"), (["--rounds", "0"], "--rounds")],
+    [
+        (["--rows", "textbrewer,nope"], "unknown rows ['nope']"),
+        (["--rounds", "0"], "--rounds"),
+        (["--seeds", "0,x"], "--seeds must be comma-separated integers"),
+    ],
 )
 def test_textbrewer_compare_refuses_bad_options(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
@@ -29,4 +33,9 @@ def test_textbrewer_compare_refuses_bad_options(argv, message, capsys):
 def test_textbrewer_compare_defaults_run_every_row_once():
     module = _textbrewer_compare()
     args = module.parse_args([])
-    assert args.rows.split(",") == list(module.ROWS) and args.rounds == 1
+    assert args.rows.split(",") == list(module.ROWS) and args.rounds == 1 and args.seeds == [0]
+    assert module.parse_args(["--seeds", "0,1,2"]).seeds == [0, 1, 2]
+
+
+def test_textbrewer_compare_recipe_takes_the_seed():
+    assert _textbrewer_compare().recipe(100, 1, "cache", "bf16", seed=2)["seed"] == 2
