@@ -49,6 +49,6 @@ class TrainConfig(StrictConfig):
     fast_dropout: bool = Field(
         True,
         description="CPU: draw dropout masks four 15-bit values per 64-bit random draw instead "
-        "of one draw per element (the same Bernoulli masks in distribution, ~3x faster; the "
+        "of one draw per element (the same Bernoulli masks in distribution, ~2.5x faster; the "
         "masks of a 3-layer MiniLM step were ~15% of it on 2 cores); false: torch's dropout",
     )

@@ -5,8 +5,9 @@ Twister, ~10 ns an element on this project's 2-core EPYC: the masks of one train
 3-layer MiniLM student (~3 M elements at batch 32 x 26 tokens) took ~30 ms of a ~200 ms bf16
 step. Here each 64-bit draw of the same generator gives four 15-bit uniform values and an
 element is kept when its value is >= round(p * 2**15): Bernoulli(1 - p) masks as before (p
-rounded to a multiple of 1/32768), seeded by ``torch.manual_seed`` like torch's own, in about
-a third of the time. Eval-mode calls and tensors off the CPU go to torch's dropout unchanged.
+rounded to a multiple of 1/32768), seeded by ``torch.manual_seed`` like torch's own, in ~40% of
+the time (1.2-1.4 ms vs 3.1-3.3 ms for a 32 x 26 x 384 bf16 tensor). Eval-mode calls and
+tensors off the CPU go to torch's dropout unchanged.
 """
 
 import math
