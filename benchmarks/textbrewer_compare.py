@@ -1,5 +1,6 @@
 """Layer-wise KD side by side with TextBrewer (issue 3): same teacher, student, data, batch size,
-epochs and the same batches, in the same process one after the other.
+epochs, the same batches and the same optimizer (slimformer's AdamW set-up), in the same process
+one after the other.
 
 Teacher ../shared/models/minilm-l6-sst2; student = its layers 0, 3, 5 (copied); SST-2 training
 rows (a seeded sample of --train-examples); TinyBERT-style objective in both: hidden-state MSE at
@@ -168,6 +169,8 @@ def run_textbrewer(
     from slimformer.models.student import copy_layers
     from slimformer.pipeline.context import build_context
     from slimformer.pipeline.recipe import parse_recipe
+    from slimformer.train.config import TrainConfig
+    from slimformer.train.loop import build_optimizer
     from slimformer.utils.malloc import keep_freed_memory as heap_setting
 
     ctx = build_context(
@@ -220,7 +223,9 @@ def run_textbrewer(
         device="cpu", output_dir=str(work / "tb-out"), log_dir=str(work / "tb-log")
     )
     steps = len(loader) * epochs
-    optimizer = torch.optim.AdamW(student.parameters(), lr=1e-4)
+    # slimformer's optimizer, built the same way: AdamW (fused), lr 1e-4, weight decay 0.01
+    # except on biases and norms
+    optimizer = build_optimizer([student], TrainConfig(learning_rate=1e-4))
     distiller = GeneralDistiller(t_config, d_config, teacher, student, adaptor, adaptor)
     started = time.perf_counter()
     with distiller, heap_setting(keep_freed_memory):

@@ -43,7 +43,7 @@ class TrainResult:
     lora: dict | None = None  # set by stages that train LoRA adapters
 
 
-def _optimizer(modules: list[torch.nn.Module], cfg: TrainConfig) -> torch.optim.Optimizer:
+def build_optimizer(modules: list[torch.nn.Module], cfg: TrainConfig) -> torch.optim.Optimizer:
     """AdamW without weight decay on biases and norms (the usual BERT recipe)."""
     decay, no_decay = [], []
     for module in modules:
@@ -156,7 +156,7 @@ def train(
     )
     total = cfg.max_steps or math.ceil(cfg.epochs * steps_per_epoch)
     aux = getattr(loss_fn, "aux_module", None)
-    optimizer = _optimizer([model] + ([aux] if aux is not None else []), cfg)
+    optimizer = build_optimizer([model] + ([aux] if aux is not None else []), cfg)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total), total)
     restore_attention = _switch_attention(model, cfg.attn_implementation)
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
