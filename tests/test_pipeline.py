@@ -185,3 +185,26 @@ def test_training_with_another_attention_kernel(
     assert seen == ["eager", "sdpa"]
     config = json.loads((tmp_path / "r" / "model" / "config.json").read_text())
     assert config.get("_attn_implementation", "sdpa") != "eager"
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_training_draws_dropout_masks_as_the_fast_dropout_key_says(
+    tiny_teacher, sst2_slice, tmp_path, cache_dir, monkeypatch, fast
+):
+    """``fast_dropout`` (default true) routes the student's dropout through slimformer's masks
+    while it trains; torch's dropout is back afterwards."""
+    import torch.nn.functional as F
+
+    from slimformer.train import fast_dropout
+
+    calls = []
+    original = fast_dropout.dropout
+
+    def spy(input, p=0.5, training=True, inplace=False):
+        calls.append(training)
+        return original(input, p, training, inplace)
+
+    monkeypatch.setattr(fast_dropout, "dropout", spy)
+    run(sst2_recipe(tiny_teacher, sst2_slice, fast_dropout=fast), tmp_path / "r", cache_dir)
+    assert any(calls) == fast
+    assert F.dropout is fast_dropout._torch_dropout
