@@ -21,9 +21,9 @@ Rows (``--rows``, all by default): TextBrewer as shipped, TextBrewer under slimf
 setting, slimformer with the teacher's states online / cached in fp32, and cached with the
 student under bf16 autocast and the teacher's passes in bf16 (TextBrewer has no CPU mixed
 precision: its ``fp16`` is NVIDIA apex, so its rows stay fp32), and that last row with torch's
-own dropout instead of slimformer's faster CPU masks (``fast_dropout: false``). ``--rounds 2``
-runs them twice, the second time in reverse order, for ratios that do not ride on this guest's
-drift:
+own dropout (``fast_dropout: false``; by default slimformer's CPU masks are used where they time
+faster). ``--rounds 2`` runs them twice, the second time in reverse order, for ratios that do
+not ride on this guest's drift:
 
     .venv/bin/python benchmarks/textbrewer_compare.py --rows textbrewer,cache-bf16 --rounds 2
 
@@ -58,7 +58,7 @@ def recipe(
     states: str,
     precision: str = "fp32",
     seed: int = 0,
-    fast_dropout: bool = True,
+    fast_dropout: bool | str = "auto",
 ) -> dict:
     """``precision: bf16``: the student trains under bf16 autocast and the teacher's passes run
     under it too (the CPU's bf16 units); the weights and the optimizer stay fp32."""
@@ -117,7 +117,7 @@ def run_slimformer(
     work: Path,
     precision: str = "fp32",
     seed: int = 0,
-    fast_dropout: bool = True,
+    fast_dropout: bool | str = "auto",
 ) -> dict:
     from slimformer.api import run
 

@@ -5,7 +5,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from slimformer.train.fast_dropout import _torch_dropout, dropout, fast_cpu_dropout, keep_mask
+from slimformer.train import fast_dropout
+from slimformer.train.fast_dropout import (
+    _torch_dropout,
+    dropout,
+    fast_cpu_dropout,
+    keep_mask,
+    masks_are_faster,
+)
 
 
 @pytest.mark.parametrize("p", [0.1, 0.5, 0.9])
@@ -65,3 +72,20 @@ def test_switches_module_and_functional_dropout_and_restores_them():
     assert F.dropout is _torch_dropout
     with fast_cpu_dropout(enabled=False) as on:
         assert not on and F.dropout is _torch_dropout
+
+
+@pytest.mark.parametrize("faster", [True, False])
+def test_auto_switches_only_where_the_masks_measured_faster(monkeypatch, faster):
+    monkeypatch.setattr(fast_dropout, "masks_are_faster", lambda: faster)
+    with fast_cpu_dropout("auto") as on:
+        assert on == faster
+        assert (F.dropout is dropout) == faster
+    assert F.dropout is _torch_dropout
+
+
+def test_timing_the_two_kernels_leaves_the_random_stream_alone():
+    torch.manual_seed(0)
+    expected = torch.rand(4)
+    torch.manual_seed(0)
+    assert isinstance(masks_are_faster.__wrapped__(numel=4096, repeats=2), bool)
+    assert torch.equal(torch.rand(4), expected)

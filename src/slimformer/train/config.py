@@ -46,9 +46,10 @@ class TrainConfig(StrictConfig):
         "big blocks after each step and faulting them in again (~20% of a small student's step "
         "on 2 cores); set false to return memory to the OS as soon as it is freed",
     )
-    fast_dropout: bool = Field(
-        True,
+    fast_dropout: bool | Literal["auto"] = Field(
+        "auto",
         description="CPU: draw dropout masks four 15-bit values per 64-bit random draw instead "
-        "of one draw per element (the same Bernoulli masks in distribution, ~2.5x faster; the "
-        "masks of a 3-layer MiniLM step were ~15% of it on 2 cores); false: torch's dropout",
+        "of one draw per element (the same Bernoulli masks in distribution; ~2.5x faster where "
+        "torch uses its serial generator, e.g. AMD EPYC, where the masks were ~15% of a 3-layer "
+        "MiniLM step on 2 cores); auto: time both once and keep the faster; false: torch's",
     )
