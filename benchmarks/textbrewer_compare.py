@@ -317,15 +317,17 @@ def main() -> None:
             done[n].update(round=r + 1, seed=seed)
             done[n]["throughput_vs_textbrewer"] = round(done[n]["samples_per_s"] / base, 2)
             rows.append(done[n])
+    by_library: dict[str, list[dict]] = {}
+    for row in rows:
+        by_library.setdefault(row["library"], []).append(row)
     means = {
-        r["library"]: {
+        library: {
             "accuracy": round(float(np.mean([x["accuracy"] for x in group])), 4),
             "throughput_vs_textbrewer": round(
                 float(np.mean([x["throughput_vs_textbrewer"] for x in group])), 2
             ),
         }
-        for r in rows
-        for group in [[x for x in rows if x["library"] == r["library"]]]
+        for library, group in by_library.items()
     }
     result = {
         "cpu": cpu_name(),
