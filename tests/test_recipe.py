@@ -118,6 +118,15 @@ def test_bad_precision_names_key_and_choices(key, value):
     assert f"stages.0.distill.{key}" in msg and value in msg and "bf16" in msg
 
 
+def test_bad_fast_dropout_names_key_and_choices():
+    tree = base()
+    tree["stages"][0]["distill"]["fast_dropout"] = "maybe"
+    msg = error_of(tree)
+    assert "stages.0.distill.fast_dropout" in msg and "'auto'" in msg and "boolean" in msg
+    tree["stages"][0]["distill"]["fast_dropout"] = "auto"
+    assert parse_recipe(tree).stages[0].distill.fast_dropout == "auto"
+
+
 def test_bad_selection_sampling_names_key_and_choices():
     tree = base()
     tree["stages"][0]["distill"]["selection"] = {"fraction": 0.3, "sampling": "softmax"}
