@@ -332,3 +332,96 @@ def test_token_student_with_layerwise_terms_then_onnx_int8(
     assert export["parity"]["max_abs_diff"] < 1e-3 and export["parity"]["agreement"] >= 0.999
     assert "f1" in quantize["int8_metrics"]
     assert (tmp_path / "onnx" / "model" / "model.onnx").is_file()
+
+
+def test_unlabeled_text_is_cut_into_sentences_and_left_untagged(tokenizer, tmp_path):
+    from slimformer.data.config import UnlabeledConfig
+    from slimformer.tasks.token_classification import sentences
+
+    assert sentences("Peter came . Did he ? yes") == [
+        ["Peter", "came", "."],
+        ["Did", "he", "?"],
+        ["yes"],
+    ]
+    text = tmp_path / "news.txt"
+    text.write_text("EU rejects German call . Peter Blackburn\n\nBrussels 1996-08-22\n")
+    task, data, config = _task(tokenizer)
+    data.unlabeled = UnlabeledConfig(source=str(text))
+    raw = task.raw_unlabeled(data, seed=0)
+    assert raw["tokens"] == [
+        ["EU", "rejects", "German", "call", "."],
+        ["Peter", "Blackburn"],
+        ["Brussels", "1996-08-22"],
+    ]
+    rows = task.prepare_unlabeled(raw, tokenizer, data, config)
+    for row, words in zip(rows, raw["tokens"], strict=True):
+        assert set(row["labels"]) == {-100}  # no gold tag: the teacher's soft labels only
+        assert sum(row["word_start"]) == len(words)
+        assert row["kd_mask"] == row["word_start"]  # KD on every word's first sub-token
+    strings = task.prepare_unlabeled(  # augmented copies arrive as space-joined strings
+        datasets_from({"tokens": ["EU rejects German call ."]}), tokenizer, data, config
+    )
+    assert strings[0]["input_ids"] == rows[0]["input_ids"]
+
+
+def datasets_from(columns: dict):
+    import datasets
+
+    return datasets.Dataset.from_dict(columns)
+
+
+def test_unlabeled_with_an_empty_file_is_refused(tokenizer, tmp_path):
+    from slimformer.data.config import UnlabeledConfig
+
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n")
+    task, data, _ = _task(tokenizer)
+    data.unlabeled = UnlabeledConfig(source=str(empty))
+    with pytest.raises(DataError, match="no non-blank lines"):
+        task.raw_unlabeled(data, seed=0)
+
+
+def test_crf_hard_loss_skips_untagged_rows():
+    from types import SimpleNamespace
+
+    from slimformer.models.crf import attach_crf
+    from slimformer.tasks.base import Aligned
+    from slimformer.tasks.token_classification import TokenClassification
+
+    model = torch.nn.Module()
+    model.config = SimpleNamespace(id2label=dict(enumerate(TAGS)), num_labels=len(TAGS))
+    attach_crf(model)
+    torch.manual_seed(0)
+    emissions = torch.randn(2, 4, len(TAGS), requires_grad=True)
+    starts = torch.tensor([[0, 1, 1, 0], [0, 1, 1, 0]])
+    labels = torch.tensor([[-100, 1, 2, -100], [-100, -100, -100, -100]])
+    batch = {"input_ids": torch.zeros(2, 4, dtype=torch.long), "labels": labels}
+    batch["word_start"] = starts
+    out = Aligned(emissions.reshape(8, -1), starts.reshape(-1).bool())
+    both = TokenClassification().hard_loss(model, out, batch, None)
+    alone = TokenClassification().hard_loss(
+        model,
+        Aligned(emissions[:1].reshape(4, -1), starts[:1].reshape(-1).bool()),
+        {k: v[:1] for k, v in batch.items()},
+        None,
+    )
+    assert torch.allclose(both, alone)  # the untagged row adds nothing, not even to the mean
+    both.backward()
+    assert emissions.grad[1].abs().sum() == 0
+
+
+def test_token_student_on_teacher_labeled_and_augmented_text(tiny_ner_teacher, conll_slice, tmp_path, cache_dir):
+    from slimformer.api import run
+
+    text = tmp_path / "news.txt"
+    text.write_text("EU rejects German call to boycott British lamb . Peter Blackburn\n" * 5)
+    augment = {"copies": 1, "replace": 0.3, "max_examples": 20}  # TinyBERT DA on word lists
+    tree = _ner_recipe(tiny_ner_teacher, conll_slice, alpha=0.5, temperature=2.0, augment=augment)
+    tree["data"]["unlabeled"] = {"source": str(text)}
+    tree["student"]["crf"] = True
+    report = run(tree, tmp_path / "dd", cache_dir=str(cache_dir))
+    stage = report["stages"][0]
+    tagged = len(read_conll(conll_slice["train"]))
+    assert stage["unlabeled_examples"] == 10 + 20 and stage["labeled_examples"] == tagged
+    assert stage["teacher_forward_examples"] == tagged + 30
+    assert not any(c in stage["augment"]["examples"][0] for c in "[]'")  # words, not a list repr

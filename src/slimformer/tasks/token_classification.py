@@ -13,9 +13,9 @@ import numpy as np
 import torch
 from transformers import AutoModelForTokenClassification, DataCollatorForTokenClassification
 
-from slimformer.data.config import DataConfig
+from slimformer.data.config import TRAIN_REST, DataConfig
 from slimformer.data.conll import CONLL_SUFFIXES, read_conll
-from slimformer.data.readers import read_table, require_columns
+from slimformer.data.readers import read_table, read_unlabeled, require_columns
 from slimformer.errors import DataError, ModelError
 from slimformer.models.crf import has_crf
 from slimformer.tasks.base import TASKS, Aligned, Task, model_inputs
@@ -24,6 +24,24 @@ from slimformer.tasks.sequence_classification import label_mapper, subsample
 
 PER_TOKEN = ("labels", "kd_mask", "word_start")
 LOG_FLOOR = -30.0  # log-probabilities below this are treated as exactly impossible
+SENTENCE_ENDS = frozenset({".", "!", "?"})
+
+
+def sentences(line: str) -> list[list[str]]:
+    """A line of space-separated words (CoNLL-style tokenisation) cut into sentences after
+    ``.``, ``!`` and ``?``, so a paragraph becomes rows the size of the training sentences."""
+    out, current = [], []
+    for word in line.split():
+        current.append(word)
+        if word in SENTENCE_ENDS:
+            out.append(current)
+            current = []
+    return out + ([current] if current else [])
+
+
+def as_words(value) -> list[str]:
+    """A row's words: a token list as it is, a string split on whitespace."""
+    return [str(w) for w in value] if isinstance(value, list) else str(value).split()
 
 
 def is_conll(source: str, fmt: str) -> bool:
@@ -116,22 +134,69 @@ class TokenClassification(Task):
         to_id = label_mapper(model_config, f"the {split} data")
         for tag in {t for tags in ds[data.label_column] for t in tags}:
             to_id(tag)  # every tag known, checked before tokenizing
+        return self._encode(ds, tokenizer, data, to_id, "tokenizing")
+
+    def raw_unlabeled(self, data: DataConfig, seed: int) -> datasets.Dataset:
+        """Untagged sentences for token-level data distillation (``data.unlabeled``), their
+        words in ``data.text_column``: a plain-text file (one sentence or paragraph a line,
+        words separated by spaces as in CoNLL; paragraphs are cut into sentences), a table with
+        a token-list or text column, or ``train-rest``: the training sentences left out by
+        ``data.max_train_examples``."""
+        cfg = data.unlabeled
+        if cfg.source == TRAIN_REST:
+            if data.eval is None or data.max_train_examples is None:
+                raise DataError(
+                    f"data.unlabeled.source '{TRAIN_REST}' needs data.eval and "
+                    "data.max_train_examples (the labeled share); the rest of data.train "
+                    "is then used untagged."
+                )
+            full = self._read(data.train, data, data.train_split)
+            rest = full.shuffle(seed=seed).select(range(data.max_train_examples, len(full)))
+            return subsample(rest.select_columns([data.text_column]), cfg.max_examples, seed)
+        ds = read_unlabeled(cfg.source, cfg.text_column)
+        require_columns(ds, [cfg.text_column], cfg.source)
+        column = cfg.text_column
+
+        def split(rows):
+            out = []
+            for value in rows[column]:
+                if isinstance(value, list):
+                    out.append([str(w) for w in value])
+                else:
+                    out.extend(sentences(str(value)))
+            return {data.text_column: [s for s in out if s]}
+
+        ds = ds.map(split, batched=True, remove_columns=ds.column_names, desc="sentences")
+        if len(ds) == 0:
+            raise DataError(f"data.unlabeled: {cfg.source} has no words to tag.")
+        return subsample(ds, cfg.max_examples, seed)
+
+    def prepare_unlabeled(self, ds, tokenizer, data: DataConfig, model_config):
+        """Tokenized like training data with every tag -100: the teacher's per-token soft
+        labels are the only target (first sub-tokens, or all with ``data.subtokens: all``).
+        Rows may hold token lists or space-separated strings (augmented copies)."""
+        if not self.id2label:
+            self.width = data.max_length
+            self.id2label = {int(k): v for k, v in model_config.id2label.items()}
+        return self._encode(ds, tokenizer, data, None, "tokenizing unlabeled")
+
+    def _encode(self, ds, tokenizer, data: DataConfig, to_id, desc: str) -> datasets.Dataset:
+        """Words -> sub-tokens with the per-token columns; ``to_id`` None = untagged rows."""
         every = data.subtokens == "all"
 
         def encode(rows):
+            texts = [as_words(v) for v in rows[data.text_column]]
             enc = tokenizer(
-                [[str(w) for w in words] for words in rows[data.text_column]],
-                is_split_into_words=True,
-                truncation=True,
-                max_length=data.max_length,
+                texts, is_split_into_words=True, truncation=True, max_length=data.max_length
             )
+            tagged = rows[data.label_column] if to_id is not None else [None] * len(texts)
             labels, kd_mask, word_start = [], [], []
-            for i, tags in enumerate(rows[data.label_column]):
+            for i, tags in enumerate(tagged):
                 lab, mask, start, previous = [], [], [], None
                 for w in enc.word_ids(i):
                     first = w is not None and w != previous
                     use = first or (w is not None and every)
-                    lab.append(to_id(tags[w]) if use else -100)
+                    lab.append(to_id(tags[w]) if use and tags is not None else -100)
                     mask.append(int(use))
                     start.append(int(first))
                     previous = w
@@ -140,7 +205,7 @@ class TokenClassification(Task):
                 word_start.append(start)
             return {**enc, "labels": labels, "kd_mask": kd_mask, "word_start": word_start}
 
-        ds = ds.map(encode, batched=True, remove_columns=ds.column_names, desc="tokenizing")
+        ds = ds.map(encode, batched=True, remove_columns=ds.column_names, desc=desc)
         return ds.add_column("idx", list(range(len(ds))))
 
     def forward(self, model, batch) -> Aligned:
@@ -163,8 +228,10 @@ class TokenClassification(Task):
         b, length = batch["input_ids"].shape
         emissions, mask = words(out.values.reshape(b, length, -1), batch["word_start"])
         tags, _ = words(batch["labels"][..., None], batch["word_start"])
-        nll = -model.crf.log_likelihood(emissions, tags[..., 0], mask)
-        return nll.sum() / mask.sum().clamp(min=1)
+        tags = tags[..., 0]
+        tagged = ((tags >= 0) & mask).any(1)  # untagged rows (teacher-labeled only) sit out
+        nll = -model.crf.log_likelihood(emissions, tags, mask) * tagged
+        return nll.sum() / mask[tagged].sum().clamp(min=1)
 
     def posterior_values(
         self, model, out: Aligned, batch: dict, temperature: float
