@@ -410,7 +410,9 @@ def test_crf_hard_loss_skips_untagged_rows():
     assert emissions.grad[1].abs().sum() == 0
 
 
-def test_token_student_on_teacher_labeled_and_augmented_text(tiny_ner_teacher, conll_slice, tmp_path, cache_dir):
+def test_token_student_on_teacher_labeled_and_augmented_text(
+    tiny_ner_teacher, conll_slice, tmp_path, cache_dir
+):
     from slimformer.api import run
 
     text = tmp_path / "news.txt"
@@ -425,3 +427,20 @@ def test_token_student_on_teacher_labeled_and_augmented_text(tiny_ner_teacher, c
     assert stage["unlabeled_examples"] == 10 + 20 and stage["labeled_examples"] == tagged
     assert stage["teacher_forward_examples"] == tagged + 30
     assert not any(c in stage["augment"]["examples"][0] for c in "[]'")  # words, not a list repr
+
+
+def test_train_rest_is_the_untagged_remainder_and_needs_its_settings(tokenizer, conll_slice):
+    from slimformer.data.config import UnlabeledConfig
+
+    task, data, _ = _task(tokenizer)
+    data.train, data.eval = str(conll_slice["train"]), str(conll_slice["dev"])
+    data.unlabeled = UnlabeledConfig(source="train-rest")
+    with pytest.raises(DataError, match="max_train_examples"):
+        task.raw_unlabeled(data, seed=0)
+    data.max_train_examples = 40
+    labeled, _ = task.raw_splits(data, seed=0)
+    rest = task.raw_unlabeled(data, seed=0)
+    everything = read_conll(conll_slice["train"])
+    assert len(labeled) + len(rest) == len(everything) and rest.column_names == ["tokens"]
+    seen = {tuple(t) for t in labeled["tokens"]}
+    assert not any(tuple(t) in seen for t in rest["tokens"] if len(t) > 3)  # disjoint shares

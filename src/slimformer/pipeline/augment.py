@@ -28,8 +28,9 @@ def augmented_rows(ctx: RunContext, cfg: AugmentConfig) -> tuple[datasets.Datase
     if not hasattr(ctx.task, "prepare_unlabeled"):
         raise RecipeError(f"augment is not supported for the {ctx.task.name} task.")
     # token-classification rows hold word lists: augmented as space-joined sentences
-    texts = [" ".join(map(str, t)) if isinstance(t, list) else t
-             for t in ctx.train_raw[data.text_column]]
+    texts = [
+        " ".join(map(str, t)) if isinstance(t, list) else t for t in ctx.train_raw[data.text_column]
+    ]
     if cfg.max_examples and cfg.max_examples < len(texts):
         pick = np.random.default_rng(cfg.seed).choice(len(texts), cfg.max_examples, replace=False)
         texts = [texts[i] for i in sorted(pick)]
