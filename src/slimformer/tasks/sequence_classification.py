@@ -47,6 +47,24 @@ def subsample(ds: datasets.Dataset, n: int | None, seed: int) -> datasets.Datase
     return ds.shuffle(seed=seed).select(range(n))
 
 
+def train_rest(data: DataConfig, seed: int, read_train) -> datasets.Dataset:
+    """``data.unlabeled.source: train-rest``: the training rows ``subsample`` leaves out of the
+    labeled share (same seeded shuffle, so the two never overlap). The settings are checked
+    before ``read_train()`` reads the file."""
+    if data.eval is None:
+        raise DataError(
+            f"data.unlabeled.source '{TRAIN_REST}' needs a separate data.eval: with the "
+            f"eval set held out of data.train, the rest of the file would overlap it."
+        )
+    if data.max_train_examples is None:
+        raise DataError(
+            f"data.unlabeled.source '{TRAIN_REST}' means the training rows not used as "
+            f"labeled examples, so set data.max_train_examples (e.g. 5000)."
+        )
+    full = read_train()
+    return full.shuffle(seed=seed).select(range(data.max_train_examples, len(full)))
+
+
 @TASKS.register("sequence-classification")
 class SequenceClassification(Task):
     name = "sequence-classification"
@@ -75,19 +93,10 @@ class SequenceClassification(Task):
         """The unlabeled text (``data.unlabeled``), with its text in ``data.text_column``."""
         cfg = data.unlabeled
         if cfg.source == TRAIN_REST:
-            if data.eval is None:
-                raise DataError(
-                    f"data.unlabeled.source '{TRAIN_REST}' needs a separate data.eval: with the "
-                    f"eval set held out of data.train, the rest of the file would overlap it."
-                )
-            if data.max_train_examples is None:
-                raise DataError(
-                    f"data.unlabeled.source '{TRAIN_REST}' means the training rows not used as "
-                    f"labeled examples, so set data.max_train_examples (e.g. 5000)."
-                )
             kw = dict(fmt=data.format, header=data.header, column_names=data.column_names)
-            full = read_table(data.train, split=data.train_split, **kw)
-            rest = full.shuffle(seed=seed).select(range(data.max_train_examples, len(full)))
+            rest = train_rest(
+                data, seed, lambda: read_table(data.train, split=data.train_split, **kw)
+            )
             ds, column = rest, data.text_column
         else:
             ds, column = read_unlabeled(cfg.source, cfg.text_column), cfg.text_column

@@ -20,7 +20,7 @@ from slimformer.errors import DataError, ModelError
 from slimformer.models.crf import has_crf
 from slimformer.tasks.base import TASKS, Aligned, Task, model_inputs
 from slimformer.tasks.metrics import entity_metrics
-from slimformer.tasks.sequence_classification import label_mapper, subsample
+from slimformer.tasks.sequence_classification import label_mapper, subsample, train_rest
 
 PER_TOKEN = ("labels", "kd_mask", "word_start")
 LOG_FLOOR = -30.0  # log-probabilities below this are treated as exactly impossible
@@ -129,8 +129,7 @@ class TokenClassification(Task):
                 "Token classification needs a fast tokenizer (word ids for sub-token alignment); "
                 f"{type(tokenizer).__name__} is not one."
             )
-        self.width = data.max_length
-        self.id2label = {int(k): v for k, v in model_config.id2label.items()}
+        self._bind(data, model_config)
         to_id = label_mapper(model_config, f"the {split} data")
         for tag in {t for tags in ds[data.label_column] for t in tags}:
             to_id(tag)  # every tag known, checked before tokenizing
@@ -144,14 +143,7 @@ class TokenClassification(Task):
         ``data.max_train_examples``."""
         cfg = data.unlabeled
         if cfg.source == TRAIN_REST:
-            if data.eval is None or data.max_train_examples is None:
-                raise DataError(
-                    f"data.unlabeled.source '{TRAIN_REST}' needs data.eval and "
-                    "data.max_train_examples (the labeled share); the rest of data.train "
-                    "is then used untagged."
-                )
-            full = self._read(data.train, data, data.train_split)
-            rest = full.shuffle(seed=seed).select(range(data.max_train_examples, len(full)))
+            rest = train_rest(data, seed, lambda: self._read(data.train, data, data.train_split))
             return subsample(rest.select_columns([data.text_column]), cfg.max_examples, seed)
         ds = read_unlabeled(cfg.source, cfg.text_column)
         require_columns(ds, [cfg.text_column], cfg.source)
@@ -160,10 +152,7 @@ class TokenClassification(Task):
         def split(rows):
             out = []
             for value in rows[column]:
-                if isinstance(value, list):
-                    out.append([str(w) for w in value])
-                else:
-                    out.extend(sentences(str(value)))
+                out.extend([as_words(value)] if isinstance(value, list) else sentences(str(value)))
             return {data.text_column: [s for s in out if s]}
 
         ds = ds.map(split, batched=True, remove_columns=ds.column_names, desc="sentences")
@@ -175,10 +164,13 @@ class TokenClassification(Task):
         """Tokenized like training data with every tag -100: the teacher's per-token soft
         labels are the only target (first sub-tokens, or all with ``data.subtokens: all``).
         Rows may hold token lists or space-separated strings (augmented copies)."""
-        if not self.id2label:
-            self.width = data.max_length
-            self.id2label = {int(k): v for k, v in model_config.id2label.items()}
+        self._bind(data, model_config)
         return self._encode(ds, tokenizer, data, None, "tokenizing unlabeled")
+
+    def _bind(self, data: DataConfig, model_config) -> None:
+        """The packed-row width and tag names that ``pack`` / ``metrics`` read."""
+        self.width = data.max_length
+        self.id2label = {int(k): v for k, v in model_config.id2label.items()}
 
     def _encode(self, ds, tokenizer, data: DataConfig, to_id, desc: str) -> datasets.Dataset:
         """Words -> sub-tokens with the per-token columns; ``to_id`` None = untagged rows."""
