@@ -5,7 +5,7 @@ best-checkpoint selection, checkpoints/--resume, progress and TensorBoard, on Ac
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MethodType
@@ -25,6 +25,7 @@ from slimformer.train.checkpoint import latest_checkpoint, load_checkpoint, save
 from slimformer.train.config import TrainConfig
 from slimformer.train.fast_dropout import fast_cpu_dropout
 from slimformer.train.processes import use_cpu
+from slimformer.train.seen_rows import follow_weight_decay, tables_in_place, train_seen_rows
 from slimformer.utils.atomic import atomic_dir
 from slimformer.utils.malloc import keep_freed_memory
 
@@ -80,6 +81,14 @@ def _switch_attention(model: torch.nn.Module, implementation: str | None) -> Cal
     return lambda: model.set_attn_implementation(own)
 
 
+def _input_ids(train_ds) -> Iterable[list[int]]:
+    """The rows' token ids: a ``datasets`` column at once, or row by row from another
+    map-style dataset (the multi-task mixture)."""
+    if isinstance(train_ds, datasets.Dataset):
+        return train_ds["input_ids"]
+    return (train_ds[i]["input_ids"] for i in range(len(train_ds)))
+
+
 def _trained_parameters(model: torch.nn.Module, loss_fn) -> list[torch.nn.Parameter]:
     aux = getattr(loss_fn, "aux_module", None)
     return list(model.parameters()) + (list(aux.parameters()) if aux is not None else [])
@@ -87,8 +96,9 @@ def _trained_parameters(model: torch.nn.Module, loss_fn) -> list[torch.nn.Parame
 
 def _save_model(accelerator: Accelerator, model, target: Path, tokenizer=None) -> None:
     if accelerator.is_main_process:
-        with atomic_dir(target) as tmp:
-            accelerator.unwrap_model(model).save_pretrained(tmp, safe_serialization=True)
+        model = accelerator.unwrap_model(model)
+        with atomic_dir(target) as tmp, tables_in_place(model):
+            model.save_pretrained(tmp, safe_serialization=True)
             if tokenizer is not None:
                 tokenizer.save_pretrained(tmp)
     accelerator.wait_for_everyone()
@@ -145,7 +155,7 @@ def train(
         project_dir=str(out_dir / "logs"),
     )
     sampler = batch_sampler or LengthGroupedBatchSampler(
-        [len(x) for x in train_ds["input_ids"]], cfg.batch_size, seed
+        [len(x) for x in _input_ids(train_ds)], cfg.batch_size, seed
     )
     if accelerator.num_processes > 1:
         sampler = WholeRounds(sampler, accelerator.num_processes)
@@ -156,7 +166,11 @@ def train(
     )
     total = cfg.max_steps or math.ceil(cfg.epochs * steps_per_epoch)
     aux = getattr(loss_fn, "aux_module", None)
+    restore_embeddings = train_seen_rows(
+        model, _input_ids(train_ds), cfg.embedding_rows, getattr(tokenizer, "pad_token_id", None)
+    )
     optimizer = build_optimizer([model] + ([aux] if aux is not None else []), cfg)
+    follow_weight_decay(optimizer, model)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total), total)
     restore_attention = _switch_attention(model, cfg.attn_implementation)
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
@@ -289,6 +303,7 @@ def train(
     if not evaluate:
         _save_model(accelerator, model, out_dir / "final", tokenizer)
     restore_attention()
+    restore_embeddings()
     for tracker in accelerator.trackers:  # not end_training(): it also ends the process
         tracker.finish()  # group, which later stages and the run folder still use
     return TrainResult(
