@@ -127,6 +127,15 @@ def test_bad_fast_dropout_names_key_and_choices():
     assert parse_recipe(tree).stages[0].distill.fast_dropout == "auto"
 
 
+def test_bad_embedding_rows_names_key_and_choices():
+    tree = base()
+    tree["stages"][0]["distill"]["embedding_rows"] = "used"
+    msg = error_of(tree)
+    assert "stages.0.distill.embedding_rows" in msg and "'seen'" in msg and "'all'" in msg
+    tree["stages"][0]["distill"]["embedding_rows"] = "all"
+    assert parse_recipe(tree).stages[0].distill.embedding_rows == "all"
+
+
 def test_bad_selection_sampling_names_key_and_choices():
     tree = base()
     tree["stages"][0]["distill"]["selection"] = {"fraction": 0.3, "sampling": "softmax"}
