@@ -118,22 +118,20 @@ def test_bad_precision_names_key_and_choices(key, value):
     assert f"stages.0.distill.{key}" in msg and value in msg and "bf16" in msg
 
 
-def test_bad_fast_dropout_names_key_and_choices():
+@pytest.mark.parametrize(
+    "key, bad, named, good",
+    [
+        ("fast_dropout", "maybe", ["'auto'", "boolean"], "auto"),
+        ("embedding_rows", "used", ["'seen'", "'all'"], "all"),
+    ],
+)
+def test_bad_training_choice_names_key_and_choices(key, bad, named, good):
     tree = base()
-    tree["stages"][0]["distill"]["fast_dropout"] = "maybe"
+    tree["stages"][0]["distill"][key] = bad
     msg = error_of(tree)
-    assert "stages.0.distill.fast_dropout" in msg and "'auto'" in msg and "boolean" in msg
-    tree["stages"][0]["distill"]["fast_dropout"] = "auto"
-    assert parse_recipe(tree).stages[0].distill.fast_dropout == "auto"
-
-
-def test_bad_embedding_rows_names_key_and_choices():
-    tree = base()
-    tree["stages"][0]["distill"]["embedding_rows"] = "used"
-    msg = error_of(tree)
-    assert "stages.0.distill.embedding_rows" in msg and "'seen'" in msg and "'all'" in msg
-    tree["stages"][0]["distill"]["embedding_rows"] = "all"
-    assert parse_recipe(tree).stages[0].distill.embedding_rows == "all"
+    assert f"stages.0.distill.{key}" in msg and all(n in msg for n in named)
+    tree["stages"][0]["distill"][key] = good
+    assert getattr(parse_recipe(tree).stages[0].distill, key) == good
 
 
 def test_bad_selection_sampling_names_key_and_choices():
