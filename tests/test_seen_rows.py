@@ -84,7 +84,7 @@ def test_seen_ids_include_padding_and_skip_what_is_not_an_id():
     assert ids.tolist() == [0, 5, 7, 9]
 
 
-def test_auto_leaves_tied_or_frozen_tables_and_mostly_seen_vocabularies_alone():
+def test_tied_frozen_or_custom_tables_and_mostly_seen_vocabularies_are_left_alone():
     tied = BertForMaskedLM(tiny_config(vocab_size=50))
     assert tied.get_output_embeddings().weight is tied.get_input_embeddings().weight
     train_seen_rows(tied, [[1, 2]], "auto")
@@ -93,6 +93,19 @@ def test_auto_leaves_tied_or_frozen_tables_and_mostly_seen_vocabularies_alone():
     frozen.get_input_embeddings().weight.requires_grad_(False)
     train_seen_rows(frozen, [[1, 2]], "seen")
     assert not stand_ins(frozen)
+    patched = _tiny_model()  # QAT fake-quantizes a table by patching its forward
+    patched.get_input_embeddings().forward = lambda ids: None
+    train_seen_rows(patched, [[1, 2]], "seen")
+    assert not stand_ins(patched)
+
+    class Scaled(nn.Embedding):  # e.g. a model that scales its lookups
+        def forward(self, ids):
+            return super().forward(ids) * 2.0
+
+    scaled = _tiny_model()
+    scaled.set_input_embeddings(Scaled(200, 32))
+    train_seen_rows(scaled, [[1, 2]], "seen")
+    assert not stand_ins(scaled)
     model = _tiny_model()
     train_seen_rows(model, [list(range(190))], "auto")  # 95% of 200 rows seen
     assert not stand_ins(model)

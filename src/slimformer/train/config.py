@@ -37,7 +37,8 @@ class TrainConfig(StrictConfig):
         "an AdamW parameter; the others never get a gradient, so AdamW's update for them is "
         "weight decay alone, applied when the table is written back (the same result, ~20% "
         "less of a small student's step); all: the whole table; auto: seen unless the table "
-        "is tied to an output layer or over 90% of it is seen",
+        "is tied to an output layer, frozen, not a plain lookup (scaled, fake-quantized) or "
+        "over 90% of it is seen",
     )
     freeze_encoder: bool = Field(
         False, description="train only the task head (embeddings and blocks frozen)"

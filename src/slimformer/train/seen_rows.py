@@ -68,18 +68,13 @@ class SeenRowsEmbedding(nn.Module):
                 "embedding_rows: all"
             )
         return F.embedding(
-            slots,
-            self.rows,
-            self.padding_slot,
-            self.table.max_norm,
-            self.table.norm_type,
-            self.table.scale_grad_by_freq,
-            self.table.sparse,
+            slots, self.rows, self.padding_slot, scale_grad_by_freq=self.table.scale_grad_by_freq
         )
 
     def decay_unseen(self, factor: float) -> None:
         """What one AdamW step did to every unseen row (zero gradient, zero moments)."""
         self.pending_decay.mul_(factor)
+        self.stale = True
 
     @torch.no_grad()
     def write_back(self) -> None:
@@ -107,13 +102,21 @@ def seen_token_ids(
 
 def _input_table(model: nn.Module) -> nn.Embedding | None:
     """The model's trained, untied word-embedding table, or None where rows can't be split:
-    frozen, tied to an output layer (whose gradient reaches every row), or not an Embedding."""
+    frozen, tied to an output layer (whose gradient reaches every row), or a lookup that is
+    not a plain one (a subclass such as a scaled embedding, a forward patched on the module
+    as QAT's fake quantization does, max_norm renormalisation, sparse gradients)."""
     get = getattr(model, "get_input_embeddings", None)
     try:
         table = get() if get is not None else None
     except NotImplementedError:
         return None
-    if not isinstance(table, nn.Embedding) or not table.weight.requires_grad:
+    plain = (
+        type(table) is nn.Embedding
+        and "forward" not in vars(table)
+        and table.max_norm is None
+        and not table.sparse
+    )
+    if not plain or not table.weight.requires_grad:
         return None
     output = getattr(model, "get_output_embeddings", lambda: None)()
     if output is not None and getattr(output, "weight", None) is table.weight:
