@@ -82,8 +82,9 @@ def _switch_attention(model: torch.nn.Module, implementation: str | None) -> Cal
 
 
 def _input_ids(train_ds) -> Iterable[list[int]]:
-    """The rows' token ids: a ``datasets`` column at once, or row by row from another
-    map-style dataset (the multi-task mixture)."""
+    """The rows' token ids: the ``datasets`` column (read once by the caller and reused), or,
+    lazily, row by row from another map-style dataset (the multi-task mixture, whose model
+    has no single embedding table, so this is never consumed there)."""
     if isinstance(train_ds, datasets.Dataset):
         return train_ds["input_ids"]
     return (train_ds[i]["input_ids"] for i in range(len(train_ds)))
@@ -154,8 +155,9 @@ def train(
         log_with="tensorboard",
         project_dir=str(out_dir / "logs"),
     )
+    input_ids = _input_ids(train_ds)
     sampler = batch_sampler or LengthGroupedBatchSampler(
-        [len(x) for x in _input_ids(train_ds)], cfg.batch_size, seed
+        [len(x) for x in input_ids], cfg.batch_size, seed
     )
     if accelerator.num_processes > 1:
         sampler = WholeRounds(sampler, accelerator.num_processes)
@@ -167,7 +169,7 @@ def train(
     total = cfg.max_steps or math.ceil(cfg.epochs * steps_per_epoch)
     aux = getattr(loss_fn, "aux_module", None)
     restore_embeddings = train_seen_rows(
-        model, _input_ids(train_ds), cfg.embedding_rows, getattr(tokenizer, "pad_token_id", None)
+        model, input_ids, cfg.embedding_rows, getattr(tokenizer, "pad_token_id", None)
     )
     optimizer = build_optimizer([model] + ([aux] if aux is not None else []), cfg)
     follow_weight_decay(optimizer, model)
