@@ -291,3 +291,20 @@ def test_unknown_best_metric_names_the_metrics_there_are(tiny_teacher, sst2_slic
     tree = sst2_recipe(tiny_teacher, sst2_slice, best_metric="acuracy", max_steps=2)
     with pytest.raises(RecipeError, match="best_metric 'acuracy' is not among .*accuracy"):
         run(tree, tmp_path / "run", cache_dir=str(tmp_path / "cache"))
+
+
+def test_a_regression_teacher_distills_judged_by_spearman(
+    tiny_regression_teacher, stsb_slice, tmp_path
+):
+    """Single-task KD from an STS-B-style teacher: checkpoints are chosen by Spearman (there
+    is no accuracy) and the report's ``retained`` compares it with the teacher's."""
+    from slimformer.api import run
+    from tests.conftest import sst2_recipe
+
+    tree = sst2_recipe(tiny_regression_teacher, stsb_slice, soft="mse", hard="mse", max_steps=4)
+    tree["data"].update(text_column="sentence1", text_pair_column="sentence2", label_column="score")
+    report = run(tree, tmp_path / "run", cache_dir=str(tmp_path / "cache"))
+    assert "spearman" in report["stages"][0]["best"]  # chosen by it (no accuracy here)
+    assert set(report["student"]["metrics"]) >= {"spearman", "pearson"}
+    spearman = report["student"]["metrics"]["spearman"] / report["teacher"]["metrics"]["spearman"]
+    assert report["retained"] == pytest.approx(spearman, abs=1e-4)

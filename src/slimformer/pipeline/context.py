@@ -31,6 +31,7 @@ from slimformer.models.student import derive_student, resolve_layers
 from slimformer.pipeline.recipe import Recipe
 from slimformer.tasks import Task, get_task
 from slimformer.tasks.base import MODEL_INPUTS
+from slimformer.tasks.sequence_classification import is_regression
 from slimformer.utils.hashing import fingerprint_arrays, fingerprint_files
 
 log = logging.getLogger("slimformer")
@@ -63,6 +64,19 @@ class RunContext:
     _teacher: PreTrainedModel | None = None
     _extra_loaders: dict = field(default_factory=dict)
     _teacher_fp: str | None = None
+
+    @property
+    def primary_metric(self) -> str:
+        """The metric checkpoints are chosen by and ``retained`` compares: the task's, or
+        Spearman for a one-output regression model (STS-B scores have no accuracy)."""
+        if self.task.name == "sequence-classification":
+            config = self.teacher_config
+            regression = (
+                is_regression(config) if config is not None else self.label_names == REGRESSION
+            )
+            if regression:
+                return "spearman"
+        return self.task.primary_metric
 
     def load_teacher(self) -> PreTrainedModel:
         if self._teacher is None:

@@ -66,7 +66,7 @@ def _recover(ctx, cfg, model, loss_fn, it_dir: Path, resume: bool, desc: str):
         it_dir,
         resume,
         teacher_eval_values(ctx),
-        ctx.task.primary_metric,
+        ctx.primary_metric,
         desc,
     )
     return ctx.task.load_model(str(result.model_dir)), result

@@ -92,7 +92,7 @@ def qat_stage(
             stage_dir,
             resume,
             teacher_eval_values(ctx),
-            ctx.task.primary_metric,
+            ctx.primary_metric,
             "qat",
         )
     if targets.cache is not None:
@@ -106,7 +106,7 @@ def qat_stage(
     qat_metrics, int8_values = _onnx_metrics(ctx, out)
     with fake_quantized(trained, linears, tables, ranges, cfg.per_channel):
         simulated = predict(trained, ctx.task, ctx.eval_ds, ctx.collate)
-    metric = ctx.task.primary_metric
+    metric = ctx.primary_metric
     drop = {
         "ptq": round(100 * (fp32_metrics[metric] - ptq_metrics[metric]), 3),
         "qat": round(100 * (fp32_metrics[metric] - qat_metrics[metric]), 3),

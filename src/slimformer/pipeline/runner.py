@@ -165,10 +165,10 @@ def final_report(ctx: RunContext, model_dir: Path, stages: list[dict]) -> dict:
         ctx.task.auto_class,
     )
     report["student"]["init"] = ctx.student_info
-    if ctx.task.primary_metric == "fidelity":
+    if ctx.primary_metric == "fidelity":
         report["fidelity"] = metrics.get("fidelity")
-    elif teacher is not None and ctx.task.primary_metric in metrics:
-        m = ctx.task.primary_metric
+    elif teacher is not None and ctx.primary_metric in metrics:
+        m = ctx.primary_metric
         report["retained"] = round(metrics[m] / teacher[2][m], 4)
     return report
 

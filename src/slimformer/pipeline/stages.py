@@ -195,7 +195,7 @@ def distill_stage(
         stage_dir,
         resume,
         reference,
-        ctx.task.primary_metric,
+        ctx.primary_metric,
         "distill",
         train_ds,
         sampler,
@@ -279,15 +279,9 @@ def finetune_stage(
     hard = cfg.hard or ("mse" if regression else "ce")
     loss_fn = make_loss_fn(ctx.task, DistillLossConfig(alpha=0.0, hard=hard), None)
     result = _train(
-        ctx, cfg, model, loss_fn, stage_dir, resume, None, _finetune_metric(ctx, model), "finetune"
+        ctx, cfg, model, loss_fn, stage_dir, resume, None, ctx.primary_metric, "finetune"
     )
     return result.model_dir, train_summary(result)
-
-
-def _finetune_metric(ctx: RunContext, model: PreTrainedModel) -> str:
-    if ctx.task.name == "sequence-classification" and is_regression(model.config):
-        return "spearman"
-    return ctx.task.primary_metric
 
 
 @STAGES.register("export")
@@ -380,14 +374,14 @@ def _fp32_by_sensitivity(
         return onnx_variant(folder, task=ctx.task).predict(rows, ctx.collate)
 
     def metric(values) -> float:
-        return ctx.task.metrics(values, labels, None)[ctx.task.primary_metric]
+        return ctx.task.metrics(values, labels, None)[ctx.primary_metric]
 
     groups = node_groups(graph_quantized(source, cfg.method))
     excluded, report = choose_fp32_groups(
         groups, quantize, outputs, metric, outputs(source), cfg.sensitivity
     )
     report["rows"] = f"data.train[{start}:{start + len(rows)}]"
-    report["metric"] = ctx.task.primary_metric
+    report["metric"] = ctx.primary_metric
     return excluded, report
 
 
