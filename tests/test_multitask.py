@@ -8,6 +8,7 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
@@ -142,8 +143,12 @@ def test_recipe_checks_for_multitask(three_tasks):
     tree["stages"] = [{"export": {}}]
     with pytest.raises(RecipeError, match="export-task"):
         parse_recipe(tree)
-    tree = multitask_tree(teachers, data, intermediate={"terms": {"hidden_mse": 1.0}})
-    with pytest.raises(RecipeError, match="intermediate is not supported"):
+    tree = multitask_tree(teachers, data, augment={"copies": 1})
+    with pytest.raises(RecipeError, match="augment is not supported .*tasks.NAME.augment"):
+        parse_recipe(tree)
+    tree = multitask_tree(teachers, data)
+    tree["tasks"]["stsb"]["augment"] = {"copies": 1}
+    with pytest.raises(RecipeError, match="augment works on single-sentence data"):
         parse_recipe(tree)
 
 
@@ -233,6 +238,39 @@ def test_multitask_distillation_end_to_end(three_tasks, tmp_path, cache_dir):
         export_task(run_dir / "model", "mnli", tmp_path / "x")
     with pytest.raises(ModelError, match="not a multi-task model folder"):
         export_task(ner_dir, "ner", tmp_path / "y")
+
+
+def test_multitask_layerwise_terms_and_augmented_task(three_tasks, tmp_path, cache_dir):
+    """Layer-wise terms against every task's own teacher on the shared encoder, and augmented
+    copies for one task only (labeled by its teacher through the cache)."""
+    from slimformer.api import run
+
+    teachers, data = three_tasks
+    tree = multitask_tree(
+        teachers,
+        data,
+        intermediate={"terms": {"hidden_mse": 1.0, "attention_mse": 1.0}},
+        max_steps=12,
+    )
+    tree["tasks"]["sst2"]["augment"] = {"copies": 2, "replace": 0.3, "candidates": 3}
+    report = run(tree, tmp_path / "run", cache_dir=str(cache_dir))
+    stage = report["stages"][0]
+    sst2_rows = len(pd.read_csv(data["sst2"]["train"], sep="\t"))
+    assert stage["train_rows"] == {
+        "sst2": 3 * sst2_rows,
+        "stsb": 128,
+        "ner": stage["train_rows"]["ner"],
+    }
+    assert stage["per_task"]["sst2"]["augment"]["augmented_examples"] == 2 * sst2_rows
+    for name in ("sst2", "stsb", "ner"):
+        mapping = stage["per_task"][name]["intermediate"]["layer_mapping"]
+        assert mapping == {
+            "student_0": "teacher_0",
+            "student_1": "teacher_2",  # 2 of the tiny teachers' 4 layers, evenly
+            "student_2": "teacher_4",
+        }
+    logged = {k for e in stage["evals"] for k in e}
+    assert "retained_mean" in logged
 
 
 def test_multitask_resume_matches_an_uninterrupted_run(

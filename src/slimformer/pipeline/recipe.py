@@ -257,7 +257,7 @@ CAUSAL_LM_UNSUPPORTED = (
 MULTI_TASK = "multi-task"
 MULTI_TASK_STAGES = ("distill", "finetune")
 # DistillStage settings a multi-task stage does not take (yet): each needs per-task design.
-MULTI_TASK_UNSUPPORTED = ("intermediate", "selection", "curriculum", "augment")
+MULTI_TASK_UNSUPPORTED = ("selection", "curriculum", "augment")
 
 
 class TaskEntry(StrictConfig):
@@ -272,11 +272,21 @@ class TaskEntry(StrictConfig):
         "classification; spearman for regression), e.g. mcc for CoLA",
     )
     weight: float = Field(1.0, gt=0, description="weight of this task's loss")
+    augment: AugmentConfig | None = Field(
+        None,
+        description="augmented copies of this task's training rows, labeled by its teacher, "
+        "in every distill stage (e.g. for a small task beside a large one)",
+    )
 
     @model_validator(mode="after")
     def _one_teacher(self) -> "TaskEntry":
         if self.teacher.also:
             raise ValueError("a multi-task entry takes one teacher (teacher.also is not supported)")
+        if self.augment is not None and self.data.text_pair_column:
+            raise ValueError(
+                "augment works on single-sentence data; this task has text pairs "
+                f"(data.text_pair_column: {self.data.text_pair_column})"
+            )
         return self
 
 
@@ -393,9 +403,10 @@ class Recipe(StrictConfig):
                 )
             used = [k for k in MULTI_TASK_UNSUPPORTED if getattr(s.config, k, None) is not None]
             if used or getattr(s.config, "rows", "all") != "all":
+                hint = " (augment a task with tasks.NAME.augment)" if "augment" in used else ""
                 raise ValueError(
                     f"stage {i} ({s.kind}): {', '.join(used) or 'rows'} is not supported in "
-                    f"{MULTI_TASK} recipes yet"
+                    f"{MULTI_TASK} recipes yet{hint}"
                 )
         return self
 

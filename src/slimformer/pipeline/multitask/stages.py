@@ -1,5 +1,6 @@
-"""Multi-task training stages: ``distill`` (each task's KD against its own teacher) and
-``finetune`` (each task's hard labels), on batches mixed across tasks by the sampling rule."""
+"""Multi-task training stages: ``distill`` (each task's KD against its own teacher, with its
+own layer-wise terms and augmented copies when the stage asks) and ``finetune`` (each task's hard
+labels), on batches mixed across tasks by the sampling rule."""
 
 import logging
 from pathlib import Path
@@ -8,9 +9,10 @@ from slimformer.data.multitask import MultiTaskBatchSampler, MultiTaskCollator, 
 from slimformer.methods.distill.multitask import MultiTaskLoss
 from slimformer.methods.distill.objective import DistillLossConfig, make_loss_fn
 from slimformer.models.multitask import MultiTaskModel, load_multitask
+from slimformer.pipeline.data_distill import training_rows
 from slimformer.pipeline.multitask.context import MultiTaskContext
 from slimformer.pipeline.recipe import DistillStage, FinetuneStage
-from slimformer.pipeline.stages import train_config_of, train_summary
+from slimformer.pipeline.stages import kd_loss, train_config_of, train_summary
 from slimformer.registry import Registry
 from slimformer.tasks.sequence_classification import is_regression
 from slimformer.train.loop import train
@@ -28,12 +30,16 @@ def _regression(ctx: MultiTaskContext, name: str) -> bool:
     return sub.task.name == "sequence-classification" and is_regression(sub.teacher_config)
 
 
-def _train_mixed(ctx, cfg, model, losses, stage_dir, resume, kind, targets) -> tuple[Path, dict]:
-    """The shared loop on one dataset of all tasks, batches drawn by the sampling rule."""
+def _train_mixed(
+    ctx, cfg, model, losses, stage_dir, resume, kind, targets, rows=None
+) -> tuple[Path, dict]:
+    """The shared loop on one dataset of all tasks, batches drawn by the sampling rule.
+    ``rows``: each task's training rows (default: its training set)."""
     mt = ctx.recipe.multitask
-    dataset = MultiTaskDataset({n: sub.train_ds for n, sub in ctx.tasks.items()})
+    rows = rows or {n: sub.train_ds for n, sub in ctx.tasks.items()}
+    dataset = MultiTaskDataset(rows)
     sampler = MultiTaskBatchSampler(
-        {n: [len(x) for x in sub.train_ds["input_ids"]] for n, sub in ctx.tasks.items()},
+        {n: [len(x) for x in ds["input_ids"]] for n, ds in rows.items()},
         dataset.offsets,
         cfg.batch_size,
         mt.sampling,
@@ -66,7 +72,7 @@ def _train_mixed(ctx, cfg, model, losses, stage_dir, resume, kind, targets) -> t
         **train_summary(result),
         "sampling": {"rule": mt.sampling, "probabilities": probabilities},
         "task_weights": weights,
-        "train_rows": {n: len(sub.train_ds) for n, sub in ctx.tasks.items()},
+        "train_rows": {n: len(ds) for n, ds in rows.items()},
         "metrics_kept": ctx.metrics,
     }
     for name, t in targets.items():
@@ -80,15 +86,27 @@ def distill_stage(
     ctx: MultiTaskContext, cfg: DistillStage, model_dir, stage_dir: Path, resume: bool
 ) -> tuple[Path, dict]:
     model = _model(ctx, model_dir)
-    base = DistillLossConfig(**{k: getattr(cfg, k) for k in DistillLossConfig.model_fields})
-    losses, targets = {}, {}
+    losses, targets, rows, per_task = {}, {}, {}, {}
     for name, sub in ctx.tasks.items():
-        targets[name] = sub.teacher_targets(sub.train_ds)
-        loss_cfg = base
+        task_cfg = cfg.model_copy(update={"augment": ctx.recipe.tasks[name].augment})
         if _regression(ctx, name):  # one output: KL has no classes to compare, MSE does
-            loss_cfg = base.model_copy(update={"soft": "mse", "hard": "mse"})
-        losses[name] = make_loss_fn(sub.task, loss_cfg, targets[name])
-    return _train_mixed(ctx, cfg, model, losses, stage_dir, resume, "distill", targets)
+            task_cfg = task_cfg.model_copy(update={"soft": "mse", "hard": "mse"})
+        rows[name], _, per_task[name] = training_rows(sub, task_cfg)
+        targets[name] = sub.teacher_targets(rows[name], precision=cfg.teacher_precision)
+        # layer-wise terms hook the shared encoder (every head's base model)
+        losses[name], layerwise = kd_loss(sub, task_cfg, model.encoder, targets[name], rows[name])
+        if layerwise:
+            per_task[name]["intermediate"] = layerwise
+    try:
+        model_dir, info = _train_mixed(
+            ctx, cfg, model, losses, stage_dir, resume, "distill", targets, rows
+        )
+    finally:
+        for loss in losses.values():
+            if loss.layerwise is not None:
+                loss.layerwise.close()  # the hooks on the shared encoder go with the stage
+    per_task = {n: v for n, v in per_task.items() if v}
+    return model_dir, {**info, **({"per_task": per_task} if per_task else {})}
 
 
 @MULTITASK_STAGES.register("finetune")
