@@ -146,10 +146,6 @@ def test_recipe_checks_for_multitask(three_tasks):
     tree = multitask_tree(teachers, data, augment={"copies": 1})
     with pytest.raises(RecipeError, match="augment is not supported .*tasks.NAME.augment"):
         parse_recipe(tree)
-    tree = multitask_tree(teachers, data)
-    tree["tasks"]["stsb"]["augment"] = {"copies": 1}
-    with pytest.raises(RecipeError, match="augment works on single-sentence data"):
-        parse_recipe(tree)
 
 
 def test_tasks_with_different_tokenizers_are_refused(three_tasks, tmp_path, cache_dir):
@@ -253,15 +249,18 @@ def test_multitask_layerwise_terms_and_augmented_task(three_tasks, tmp_path, cac
         max_steps=12,
     )
     tree["tasks"]["sst2"]["augment"] = {"copies": 2, "replace": 0.3, "candidates": 3}
+    tree["tasks"]["stsb"]["augment"] = {"copies": 1, "replace": 0.3, "candidates": 3}
     report = run(tree, tmp_path / "run", cache_dir=str(cache_dir))
     stage = report["stages"][0]
     sst2_rows = len(pd.read_csv(data["sst2"]["train"], sep="\t"))
     assert stage["train_rows"] == {
         "sst2": 3 * sst2_rows,
-        "stsb": 128,
+        "stsb": 2 * 128,  # pairs: both texts of every copy edited, the teacher scores it
         "ner": stage["train_rows"]["ner"],
     }
     assert stage["per_task"]["sst2"]["augment"]["augmented_examples"] == 2 * sst2_rows
+    assert all(" ||| " in e for e in stage["per_task"]["stsb"]["augment"]["examples"])
+    assert "augment" not in stage["per_task"]["ner"]
     for name in ("sst2", "stsb", "ner"):
         mapping = stage["per_task"][name]["intermediate"]["layer_mapping"]
         assert mapping == {
@@ -346,3 +345,14 @@ def test_a_regression_teacher_distills_judged_by_spearman(
     assert set(report["student"]["metrics"]) >= {"spearman", "pearson"}
     spearman = report["student"]["metrics"]["spearman"] / report["teacher"]["metrics"]["spearman"]
     assert report["retained"] == pytest.approx(spearman, abs=1e-4)
+
+
+def test_hard_mse_leaves_out_rows_without_a_gold_score():
+    from slimformer.methods.distill.losses.mse import hard_mse
+
+    student = torch.tensor([[1.0], [2.0], [5.0]], requires_grad=True)
+    labels = torch.tensor([0.0, float("nan"), 4.0])  # the middle row: an augmented pair
+    loss = hard_mse(student, labels, torch.ones(3, dtype=torch.bool))
+    assert loss.item() == pytest.approx((1.0 + 1.0) / 2)
+    loss.backward()
+    assert student.grad[1].item() == 0.0 and not torch.isnan(student.grad).any()

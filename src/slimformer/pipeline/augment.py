@@ -19,21 +19,21 @@ log = logging.getLogger("slimformer")
 
 
 def augmented_rows(ctx: RunContext, cfg: AugmentConfig) -> tuple[datasets.Dataset, dict]:
+    """Copies of the labeled rows; for text pairs, each copy edits both texts (the teacher
+    scores the new pair, so a copy may drift from the original's label: that is the point)."""
     data = ctx.recipe.data
-    if data.text_pair_column:
-        raise RecipeError(
-            "augment works on single-sentence data; this recipe has text pairs "
-            f"(data.text_pair_column: {data.text_pair_column})."
-        )
     if not hasattr(ctx.task, "prepare_unlabeled"):
         raise RecipeError(f"augment is not supported for the {ctx.task.name} task.")
     # token-classification rows hold word lists: augmented as space-joined sentences
-    texts = [
-        " ".join(map(str, t)) if isinstance(t, list) else t for t in ctx.train_raw[data.text_column]
-    ]
-    if cfg.max_examples and cfg.max_examples < len(texts):
-        pick = np.random.default_rng(cfg.seed).choice(len(texts), cfg.max_examples, replace=False)
-        texts = [texts[i] for i in sorted(pick)]
+    columns = [data.text_column] + ([data.text_pair_column] if data.text_pair_column else [])
+    texts = {
+        c: [" ".join(map(str, t)) if isinstance(t, list) else t for t in ctx.train_raw[c]]
+        for c in columns
+    }
+    n = len(texts[data.text_column])
+    if cfg.max_examples and cfg.max_examples < n:
+        pick = sorted(np.random.default_rng(cfg.seed).choice(n, cfg.max_examples, replace=False))
+        texts = {c: [t[i] for i in pick] for c, t in texts.items()}
     tokenizer = ctx.tokenizer
     mask_token = tokenizer.mask_token or tokenizer.unk_token
     neighbours = mlm = None
@@ -45,14 +45,34 @@ def augmented_rows(ctx: RunContext, cfg: AugmentConfig) -> tuple[datasets.Datase
             weights = ctx.load_teacher().get_input_embeddings().weight
             neighbours = EmbeddingNeighbours(tokenizer, weights, cfg.candidates)
             source = "teacher input-embedding neighbours"
-        log.info("augmenting %d sentences x %d copies (%s)", len(texts), cfg.copies, source)
-    made = augment_texts(texts, cfg, mask_token, neighbours, mlm)
-    raw = datasets.Dataset.from_dict({data.text_column: [t for _, t in made]})
+        log.info(
+            "augmenting %d rows x %d copies (%s)", len(texts[data.text_column]), cfg.copies, source
+        )
+    made = {}
+    for k, c in enumerate(columns):  # the second text of a pair gets its own edits
+        seeded = cfg if k == 0 else cfg.model_copy(update={"seed": cfg.seed + 7919})
+        made[c] = _copies_by_row(augment_texts(texts[c], seeded, mask_token, neighbours, mlm))
+    rows = [i for i in made[data.text_column] if all(i in made[c] for c in columns)]
+    raw = datasets.Dataset.from_dict(
+        {c: [t for i in rows for t in made[c][i][: _copies(made, columns, i)]] for c in columns}
+    )
     ds = ctx.task.prepare_unlabeled(raw, tokenizer, data, ctx.teacher_config)
     info = {
         "augmented_examples": len(ds),
-        "augmented_from": len(texts),
+        "augmented_from": len(texts[data.text_column]),
         "replacements": "mlm" if mlm else ("embedding_neighbours" if neighbours else "none"),
-        "examples": [t for _, t in made[:5]],
+        "examples": [" ||| ".join(raw[c][j] for c in columns) for j in range(min(5, len(raw)))],
     }
     return ds, info
+
+
+def _copies_by_row(made: list[tuple[int, str]]) -> dict[int, list[str]]:
+    """``augment_texts`` output grouped by source row (rows without words have none)."""
+    out: dict[int, list[str]] = {}
+    for i, text in made:
+        out.setdefault(i, []).append(text)
+    return out
+
+
+def _copies(made: dict, columns: list[str], i: int) -> int:
+    return min(len(made[c][i]) for c in columns)

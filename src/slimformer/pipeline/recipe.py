@@ -282,11 +282,6 @@ class TaskEntry(StrictConfig):
     def _one_teacher(self) -> "TaskEntry":
         if self.teacher.also:
             raise ValueError("a multi-task entry takes one teacher (teacher.also is not supported)")
-        if self.augment is not None and self.data.text_pair_column:
-            raise ValueError(
-                "augment works on single-sentence data; this task has text pairs "
-                f"(data.text_pair_column: {self.data.text_pair_column})"
-            )
         return self
 
 

@@ -92,6 +92,12 @@ class SequenceClassification(Task):
     def raw_unlabeled(self, data: DataConfig, seed: int) -> datasets.Dataset:
         """The unlabeled text (``data.unlabeled``), with its text in ``data.text_column``."""
         cfg = data.unlabeled
+        if data.text_pair_column and cfg.source != TRAIN_REST:
+            raise DataError(
+                f"data.unlabeled ({cfg.source}) holds single texts, but this task reads text "
+                f"pairs (data.text_pair_column: {data.text_pair_column}); use "
+                f"source: {TRAIN_REST} or an augment block for more pairs."
+            )
         if cfg.source == TRAIN_REST:
             kw = dict(fmt=data.format, header=data.header, column_names=data.column_names)
             rest = train_rest(
@@ -106,15 +112,16 @@ class SequenceClassification(Task):
         return subsample(ds, cfg.max_examples, seed)
 
     def prepare_unlabeled(self, ds, tokenizer, data: DataConfig, model_config):
-        """Tokenized like training data, with label -100 (no hard loss, soft labels only)."""
-        if is_regression(model_config):
-            raise DataError("Unlabeled data (data.unlabeled) is supported for classification only.")
+        """Tokenized like training data, without a gold label (soft labels only): label -100
+        for classes, NaN for a regression score."""
+        missing = float("nan") if is_regression(model_config) else -100
         ds = ds.map(
-            lambda rows: {"labels": [-100] * len(rows[data.text_column])},
+            lambda rows: {"labels": [missing] * len(rows[data.text_column])},
             batched=True,
             desc="unlabeled",
         )
-        return tokenize(ds, tokenizer, data.text_column, None, data.max_length, keep=["labels"])
+        pair = data.text_pair_column if data.text_pair_column in ds.column_names else None
+        return tokenize(ds, tokenizer, data.text_column, pair, data.max_length, keep=["labels"])
 
     def prepare(
         self, ds, tokenizer: PreTrainedTokenizerBase, data: DataConfig, model_config, split: str

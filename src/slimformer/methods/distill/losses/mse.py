@@ -16,5 +16,9 @@ def soft_mse(
 
 @HARD_LOSSES.register("mse")
 def hard_mse(student: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    per_position = (student.float().reshape(labels.shape[0], -1)[:, 0] - labels.float()).pow(2)
-    return masked_mean(per_position, mask)
+    """NaN labels (teacher-labeled rows without a gold score) are left out."""
+    labels = labels.float()
+    known = ~torch.isnan(labels)
+    target = torch.where(known, labels, torch.zeros_like(labels))
+    per_position = (student.float().reshape(labels.shape[0], -1)[:, 0] - target).pow(2)
+    return masked_mean(per_position, mask & known)
