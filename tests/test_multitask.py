@@ -356,3 +356,26 @@ def test_hard_mse_leaves_out_rows_without_a_gold_score():
     assert loss.item() == pytest.approx((1.0 + 1.0) / 2)
     loss.backward()
     assert student.grad[1].item() == 0.0 and not torch.isnan(student.grad).any()
+
+
+def test_encoder_from_several_sources_averages_their_copied_layers(three_tasks, cache_dir):
+    from transformers import AutoModelForSequenceClassification
+
+    from slimformer.pipeline.multitask.context import build_multitask_context
+
+    teachers, data = three_tasks
+    tree = multitask_tree(teachers, data)
+    tree["student"] = {"layers": [0, 1]}
+    tree["multitask"]["encoder_from"] = ["sst2", "stsb"]
+    ctx = build_multitask_context(parse_recipe(tree), cache_dir=str(cache_dir))
+    encoder = ctx.initial_student().encoder.state_dict()
+    a, b = (
+        AutoModelForSequenceClassification.from_pretrained(teachers[n]).bert.state_dict()
+        for n in ("sst2", "stsb")
+    )
+    for key in ("embeddings.word_embeddings.weight", "encoder.layer.1.output.dense.weight"):
+        torch.testing.assert_close(encoder[key], (a[key] + b[key]) / 2)
+    assert ctx.student_info["encoder_from"] == ["sst2", "stsb"]
+    tree["multitask"]["encoder_from"] = ["sst2", "sst2"]
+    with pytest.raises(RecipeError, match="name each source once"):
+        parse_recipe(tree)

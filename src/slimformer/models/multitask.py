@@ -148,6 +148,27 @@ def head_config(encoder_config, teacher_config):
     return config
 
 
+def average_encoder_weights(target: PreTrainedModel, others: list[PreTrainedModel]) -> None:
+    """Set ``target``'s base-model weights to the mean over it and ``others`` (students copied
+    from teachers fine-tuned from one backbone, so their weights are comparable: a uniform
+    model soup). A weight some models lack (a pooler) is averaged over those that have it."""
+    base = getattr(target, target.base_model_prefix)
+    states = [getattr(m, m.base_model_prefix).state_dict() for m in others]
+    merged = {}
+    for key, value in base.state_dict().items():
+        if not value.is_floating_point():
+            continue
+        found = [s[key] for s in states if key in s]
+        for other in found:
+            if other.shape != value.shape:
+                raise ModelError(
+                    f"Cannot average encoders: {key} is {tuple(value.shape)} in one and "
+                    f"{tuple(other.shape)} in another; list sources of one architecture."
+                )
+        merged[key] = torch.stack([value, *found]).mean(dim=0)
+    base.load_state_dict(merged, strict=False)
+
+
 def build_multitask(
     source: PreTrainedModel,
     teachers: dict[str, PreTrainedModel],

@@ -294,13 +294,24 @@ class MultiTaskConfig(StrictConfig):
         "temperature (rows ** 1/T), round-robin",
     )
     temperature: float = Field(2.0, gt=0, description="for sampling: temperature")
-    encoder_from: str | None = Field(
+    encoder_from: str | list[str] | None = Field(
         None,
         description="where the student's encoder layers are copied from: a task name (its "
         "teacher) or a model with the teachers' tokenizer, e.g. the backbone they were "
-        "fine-tuned from (default: the first task's teacher); each head starts from its own "
-        "teacher's head",
+        "fine-tuned from (default: the first task's teacher); a list averages the layers "
+        "copied from each, weight by weight (teachers fine-tuned from one backbone merge like "
+        "a model soup, so no task starts from layers tuned for another only); each head starts "
+        "from its own teacher's head",
     )
+
+    @field_validator("encoder_from")
+    @classmethod
+    def _sources_listed_once(cls, value):
+        if isinstance(value, list) and (not value or len(set(value)) != len(value)):
+            raise ValueError(
+                f"multitask.encoder_from lists {value}: name each source once, at least one"
+            )
+        return value
 
 
 class Recipe(StrictConfig):

@@ -15,7 +15,12 @@ from slimformer.models.loading import (
     load_config,
     load_tokenizer,
 )
-from slimformer.models.multitask import MultiTaskModel, TaskView, build_multitask
+from slimformer.models.multitask import (
+    MultiTaskModel,
+    TaskView,
+    average_encoder_weights,
+    build_multitask,
+)
 from slimformer.models.student import derive_student
 from slimformer.pipeline.context import RunContext, build_context, teacher_eval_values
 from slimformer.pipeline.recipe import Recipe
@@ -42,23 +47,30 @@ class MultiTaskContext:
     _teacher_metrics: dict = field(default_factory=dict)
 
     @property
-    def encoder_source(self) -> str:
-        return self.recipe.multitask.encoder_from or next(iter(self.tasks))
+    def encoder_sources(self) -> list[str]:
+        source = self.recipe.multitask.encoder_from or next(iter(self.tasks))
+        return [source] if isinstance(source, str) else list(source)
+
+    def _encoder_model(self, source: str) -> tuple[torch.nn.Module, dict]:
+        """A student copied from one task's teacher, or from a model such as the teachers'
+        common backbone (as a single-task student's would be)."""
+        sub = self.tasks.get(source)
+        if sub is not None:
+            model = sub.initial_student()
+            return model, dict(sub.student_info)
+        first = next(iter(self.tasks.values()))
+        with torch.random.fork_rng():  # weights the model lacks start seeded
+            torch.manual_seed(self.recipe.seed)
+            backbone = first.task.load_model(check_model_ref(source))
+            return derive_student(backbone, self.recipe.student)
 
     def initial_student(self) -> MultiTaskModel:
-        """Encoder layers copied from one teacher, or from a model such as the teachers'
-        common backbone (as a single-task student's would be); one head per task copied from
-        that task's teacher."""
-        first = next(iter(self.tasks.values()))
-        source = self.tasks.get(self.encoder_source)
-        if source is not None:
-            encoder_model = source.initial_student()
-            info = dict(source.student_info)
-        else:  # a model reference: copy its layers like a teacher's
-            with torch.random.fork_rng():  # weights the model lacks start seeded
-                torch.manual_seed(self.recipe.seed)
-                backbone = first.task.load_model(check_model_ref(self.encoder_source))
-                encoder_model, info = derive_student(backbone, self.recipe.student)
+        """Encoder layers copied from one source, or the average of several sources' copies;
+        one head per task copied from that task's teacher."""
+        copies = [self._encoder_model(source) for source in self.encoder_sources]
+        encoder_model, info = copies[0]
+        if len(copies) > 1:
+            average_encoder_weights(encoder_model, [model for model, _ in copies[1:]])
         crf = tuple(
             n
             for n, sub in self.tasks.items()
@@ -72,7 +84,7 @@ class MultiTaskContext:
         )
         self.student_info = {
             **info,
-            "encoder_from": self.encoder_source,
+            "encoder_from": self.recipe.multitask.encoder_from or self.encoder_sources[0],
             **({"crf": list(crf)} if crf else {}),
         }
         return model
@@ -113,8 +125,10 @@ def _check_tokenizers(recipe: Recipe) -> object:
     names = list(recipe.tasks)
     refs = {n: check_model_ref(recipe.tasks[n].teacher.model) for n in names}
     first = load_tokenizer(refs[names[0]])
-    source = recipe.multitask.encoder_from
-    if source is not None and source not in recipe.tasks:
+    sources = recipe.multitask.encoder_from or []
+    for source in [sources] if isinstance(sources, str) else sources:
+        if source in recipe.tasks:
+            continue
         try:
             ref = check_model_ref(source)
         except ModelError as e:
