@@ -44,6 +44,15 @@ def test_select_most_informative_fraction():
     assert stats["kept"] == 3 and stats["classes"]["1"] == {"all": 1, "kept": 1}
 
 
+def test_skip_top_passes_over_the_most_ambiguous_rows_within_each_class():
+    scores = informativeness("entropy", [PROBS])  # rank: 0, 3, 1, 2
+    assert select(scores, 0.5, skip_top=0.25).tolist() == [1, 3]  # row 0 passed over
+    assert select(scores, 0.75, skip_top=0.5).tolist() == [1, 2, 3]  # never fewer than k
+    predicted = PROBS.argmax(-1)  # classes 0, 0, 0, 1
+    balanced = select(scores, 1 / 3, predicted, class_balanced=True, skip_top=1 / 3)
+    assert balanced.tolist() == [1, 3]  # class 0: row 0 skipped, row 1 kept; class 1 keeps its one
+
+
 def test_label_conflicts_are_ranked_last_and_the_fraction_is_kept():
     """Row 0 (the least certain) contradicts its gold label: it gives way to the next most
     uncertain row; unlabeled rows (-100) never count as conflicts."""
@@ -167,6 +176,9 @@ def test_unlabeled_corpus_errors(tiny_teacher, sst2_slice, tmp_path, cache_dir):
     tree["stages"][0]["distill"]["selection"] = {"fraction": 1.5}
     with pytest.raises(RecipeError, match=r"\(0, 1\]"):
         run(tree, tmp_path / "c", cache_dir=str(cache_dir))
+    tree["stages"][0]["distill"]["selection"] = {"fraction": 0.5, "skip_top": 0.6}
+    with pytest.raises(RecipeError, match="skip_top"):
+        run(tree, tmp_path / "d", cache_dir=str(cache_dir))
 
 
 def test_plain_text_corpus_one_example_a_line(tmp_path):

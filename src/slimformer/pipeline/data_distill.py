@@ -140,6 +140,7 @@ def _select(
         sel.seed,
         strata,
         last=conflicts,
+        skip_top=sel.skip_top,
     )
     keep = candidates[chosen]
     if sel.scope == "unlabeled":

@@ -59,6 +59,13 @@ class SelectionConfig(StrictConfig):
         description="rank rows whose gold label the teacher's top class contradicts last "
         "(ambiguous fragments or label noise); rows without a gold label are unaffected",
     )
+    skip_top: float = Field(
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description="share of the candidate rows, the most informative ones, left out before the "
+        "fraction is taken (the most ambiguous rows are often noise); 0: off",
+    )
     sampling: Literal["top", "proportional"] = Field(
         "top",
         description="top: the most informative rows; proportional: drawn with probability "
@@ -75,6 +82,15 @@ class SelectionConfig(StrictConfig):
         if not 0 < v <= 1:
             raise ValueError("selection fraction must be in (0, 1] (0.3 keeps 30%)")
         return v
+
+    @model_validator(mode="after")
+    def _room_after_skip(self) -> "SelectionConfig":
+        if self.skip_top + self.fraction > 1:
+            raise ValueError(
+                f"selection.skip_top ({self.skip_top}) + fraction ({self.fraction}) exceed 1: "
+                "there are not enough rows left to keep; lower one of them"
+            )
+        return self
 
 
 class CurriculumConfig(StrictConfig):

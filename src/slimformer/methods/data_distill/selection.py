@@ -98,11 +98,14 @@ def select(
     seed: int = 0,
     strata: np.ndarray | None = None,
     last: np.ndarray | None = None,
+    skip_top: float = 0.0,
 ) -> np.ndarray:
     """Indices (sorted) of the ``fraction`` kept by score (see ``sampling_keys``); the same
     fraction within every predicted class when balanced, and within every ``strata`` group
     (e.g. ``length_bins``) when given. Rows flagged in ``last`` (a bool mask) are kept only
-    when a group has too few other rows; the fraction stays that of all rows."""
+    when a group has too few other rows; the fraction stays that of all rows. ``skip_top``:
+    the share of every group's highest-ranked rows passed over before the fraction is taken
+    (the most ambiguous rows, often label noise or fragments with no clear answer)."""
     check_fraction(fraction)
     keys = sampling_keys(scores, sampling, seed)
     if last is not None:
@@ -119,7 +122,8 @@ def select(
     for g in np.unique(groups):
         members = np.flatnonzero(groups == g)
         k = max(1, round(len(members) * fraction))
-        keep.append(members[np.argsort(-keys[members], kind="stable")[:k]])
+        skip = min(round(len(members) * skip_top), len(members) - k)
+        keep.append(members[np.argsort(-keys[members], kind="stable")[skip : skip + k]])
     return np.sort(np.concatenate(keep))
 
 
