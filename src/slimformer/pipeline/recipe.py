@@ -329,6 +329,11 @@ class MultiTaskConfig(StrictConfig):
             )
         return value
 
+    def encoder_sources(self) -> list[str]:
+        """``encoder_from`` as a list (empty when unset: the caller picks the default)."""
+        value = self.encoder_from or []
+        return [value] if isinstance(value, str) else list(value)
+
 
 class Recipe(StrictConfig):
     task: Literal[

@@ -48,16 +48,14 @@ class MultiTaskContext:
 
     @property
     def encoder_sources(self) -> list[str]:
-        source = self.recipe.multitask.encoder_from or next(iter(self.tasks))
-        return [source] if isinstance(source, str) else list(source)
+        return self.recipe.multitask.encoder_sources() or [next(iter(self.tasks))]
 
     def _encoder_model(self, source: str) -> tuple[torch.nn.Module, dict]:
         """A student copied from one task's teacher, or from a model such as the teachers'
         common backbone (as a single-task student's would be)."""
         sub = self.tasks.get(source)
         if sub is not None:
-            model = sub.initial_student()
-            return model, dict(sub.student_info)
+            return sub.initial_student(), dict(sub.student_info)
         first = next(iter(self.tasks.values()))
         with torch.random.fork_rng():  # weights the model lacks start seeded
             torch.manual_seed(self.recipe.seed)
@@ -125,8 +123,7 @@ def _check_tokenizers(recipe: Recipe) -> object:
     names = list(recipe.tasks)
     refs = {n: check_model_ref(recipe.tasks[n].teacher.model) for n in names}
     first = load_tokenizer(refs[names[0]])
-    sources = recipe.multitask.encoder_from or []
-    for source in [sources] if isinstance(sources, str) else sources:
+    for source in recipe.multitask.encoder_sources():
         if source in recipe.tasks:
             continue
         try:
