@@ -179,6 +179,9 @@ def test_unlabeled_corpus_errors(tiny_teacher, sst2_slice, tmp_path, cache_dir):
     tree["stages"][0]["distill"]["selection"] = {"fraction": 0.5, "skip_top": 0.6}
     with pytest.raises(RecipeError, match="skip_top"):
         run(tree, tmp_path / "d", cache_dir=str(cache_dir))
+    tree["stages"][0]["distill"]["selection"] = {"fraction": 0.5, "skip_top": 1.0}
+    with pytest.raises(RecipeError, match="skip_top"):
+        run(tree, tmp_path / "e", cache_dir=str(cache_dir))
 
 
 def test_plain_text_corpus_one_example_a_line(tmp_path):

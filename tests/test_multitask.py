@@ -171,6 +171,9 @@ def test_tasks_with_different_tokenizers_are_refused(three_tasks, tmp_path, cach
     tree["multitask"]["encoder_from"] = "./mnli"
     with pytest.raises(RecipeError, match="neither a task"):
         run(tree, tmp_path / "run", cache_dir=str(cache_dir))
+    tree["multitask"]["encoder_from"] = ["sst2", "./mnli"]  # every listed source is checked
+    with pytest.raises(RecipeError, match="'./mnli' is neither a task"):
+        run(tree, tmp_path / "run", cache_dir=str(cache_dir))
     assert not (tmp_path / "run.incomplete" / "stages").exists()  # refused before training
 
 
@@ -379,3 +382,15 @@ def test_encoder_from_several_sources_averages_their_copied_layers(three_tasks, 
     tree["multitask"]["encoder_from"] = ["sst2", "sst2"]
     with pytest.raises(RecipeError, match="name each source once"):
         parse_recipe(tree)
+
+
+def test_averaging_encoders_of_different_shapes_names_the_weight():
+    from slimformer.models.multitask import average_encoder_weights
+
+    torch.manual_seed(0)
+    narrow = BertForSequenceClassification(tiny_config(num_hidden_layers=1))
+    wide = BertForSequenceClassification(
+        tiny_config(num_hidden_layers=1, hidden_size=64, intermediate_size=128)
+    )
+    with pytest.raises(ModelError, match="embeddings.word_embeddings.weight is .* sources of one"):
+        average_encoder_weights(narrow, [wide])
