@@ -87,6 +87,32 @@ def test_proportional_selection_is_seeded_and_favours_informative_rows():
         select(scores, 0.2, sampling="softmax")
 
 
+def test_stratified_selection_covers_every_score_bin_and_fills_sparse_ones_first():
+    """Coverage-centric: the budget is shared from the smallest bin up, so a sparse bin is kept
+    whole and the rest is split evenly; seeded; skip_top still passes over the top rows."""
+    rng = np.random.default_rng(0)
+    scores = np.concatenate([rng.uniform(0.0, 0.1, 900), rng.uniform(0.9, 1.0, 100)])
+    kept = select(scores, 0.3, sampling="stratified", score_bins=2, seed=1)
+    assert len(kept) == 300
+    assert (scores[kept] > 0.5).sum() == 100  # the sparse top bin whole, 200 from the dense one
+    assert (
+        kept.tolist() == select(scores, 0.3, sampling="stratified", score_bins=2, seed=1).tolist()
+    )
+    assert (
+        kept.tolist() != select(scores, 0.3, sampling="stratified", score_bins=2, seed=2).tolist()
+    )
+    skipped = select(scores, 0.3, sampling="stratified", score_bins=2, skip_top=0.1)
+    assert len(skipped) == 300 and scores[skipped].max() < 0.5  # the top 100 passed over
+    uniform = np.arange(1000) / 1000
+    per_bin = np.bincount(
+        (uniform[select(uniform, 0.2, sampling="stratified", score_bins=4)] * 4).astype(int)
+    )
+    assert per_bin.tolist() == [50, 50, 50, 50]
+    flagged = np.zeros(1000, dtype=bool)
+    flagged[:10] = True
+    assert not set(range(10)) & set(select(uniform, 0.2, sampling="stratified", last=flagged))
+
+
 @pytest.mark.parametrize("fraction", [0, -0.1, 1.5])
 def test_selection_fraction_outside_unit_interval(fraction):
     with pytest.raises(RecipeError, match=r"\(0, 1\]"):

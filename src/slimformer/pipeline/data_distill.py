@@ -141,6 +141,7 @@ def _select(
         strata,
         last=conflicts,
         skip_top=sel.skip_top,
+        score_bins=sel.score_bins,
     )
     keep = candidates[chosen]
     if sel.scope == "unlabeled":

@@ -66,11 +66,14 @@ class SelectionConfig(StrictConfig):
         description="share of the candidate rows, the most informative ones, left out before the "
         "fraction is taken (the most ambiguous rows are often noise); 0: off",
     )
-    sampling: Literal["top", "proportional"] = Field(
+    sampling: Literal["top", "proportional", "stratified"] = Field(
         "top",
         description="top: the most informative rows; proportional: drawn with probability "
-        "proportional to the score (seeded), so easier rows are not all left out",
+        "proportional to the score (seeded), so easier rows are not all left out; stratified: "
+        "the budget shared over score_bins equal-width score bins, smallest bin first, random "
+        "within each (coverage-centric selection; pair it with skip_top)",
     )
+    score_bins: int = Field(50, ge=1, description="for stratified sampling: score bins")
     scope: Literal["unlabeled", "all"] = Field(
         "unlabeled", description="select among data.unlabeled rows only, or all training rows"
     )

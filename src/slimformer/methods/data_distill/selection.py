@@ -58,15 +58,37 @@ def check_fraction(fraction: float) -> None:
         )
 
 
-SAMPLING = ("top", "proportional")
+SAMPLING = ("top", "proportional", "stratified")
+
+
+def stratified_pick(scores: np.ndarray, k: int, bins: int, rng: np.random.Generator) -> np.ndarray:
+    """Positions of ``k`` rows spread over ``bins`` equal-width score bins, random within each:
+    coverage-centric coreset selection (Zheng et al., ICLR 2023). The budget is shared out from
+    the smallest bin up, so every difficulty level is covered and the sparse informative bins
+    are kept far more densely than a random draw would keep them."""
+    if k >= len(scores):
+        return np.arange(len(scores))
+    lo, hi = float(scores.min()), float(scores.max())
+    if hi <= lo:
+        return rng.choice(len(scores), size=k, replace=False)
+    ids = np.minimum(((scores - lo) / (hi - lo) * bins).astype(np.int64), bins - 1)
+    members = [np.flatnonzero(ids == b) for b in range(bins)]
+    members = sorted((m for m in members if len(m)), key=len)
+    picked, budget = [], k
+    for left, m in zip(range(len(members), 0, -1), members, strict=True):
+        take = min(len(m), budget // left)
+        picked.append(rng.choice(m, size=take, replace=False))
+        budget -= take
+    return np.concatenate(picked)
 
 
 def sampling_keys(scores: np.ndarray, sampling: str = "top", seed: int = 0) -> np.ndarray:
-    """Keys whose largest ``k`` are the rows kept. ``top``: the scores themselves (the ``k``
-    most informative rows). ``proportional``: a weighted draw without replacement, row ``i``'s
-    chance proportional to its score shifted to start at 0 (Efraimidis-Spirakis keys
+    """Keys whose largest ``k`` are the rows kept. ``top`` (and ``stratified``, which ranks by
+    the scores to skip the top and then picks by ``stratified_pick``): the scores themselves
+    (the ``k`` most informative rows). ``proportional``: a weighted draw without replacement,
+    row ``i``'s chance proportional to its score shifted to start at 0 (Efraimidis-Spirakis keys
     ``u ** (1 / w)``): informative rows still dominate, but easier ones are not all left out."""
-    if sampling == "top":
+    if sampling in ("top", "stratified"):
         return scores
     if sampling != "proportional":
         raise RecipeError(f"Unknown selection sampling {sampling!r}; known: {', '.join(SAMPLING)}.")
@@ -99,13 +121,16 @@ def select(
     strata: np.ndarray | None = None,
     last: np.ndarray | None = None,
     skip_top: float = 0.0,
+    score_bins: int = 50,
 ) -> np.ndarray:
     """Indices (sorted) of the ``fraction`` kept by score (see ``sampling_keys``); the same
     fraction within every predicted class when balanced, and within every ``strata`` group
     (e.g. ``length_bins``) when given. Rows flagged in ``last`` (a bool mask) are kept only
     when a group has too few other rows; the fraction stays that of all rows. ``skip_top``:
     the share of every group's highest-ranked rows passed over before the fraction is taken
-    (the most ambiguous rows, often label noise or fragments with no clear answer)."""
+    (the most ambiguous rows, often label noise or fragments with no clear answer).
+    ``stratified`` sampling takes each group's fraction over ``score_bins`` score bins of the
+    rows left after the skip (``stratified_pick``)."""
     check_fraction(fraction)
     keys = sampling_keys(scores, sampling, seed)
     if last is not None:
@@ -123,7 +148,18 @@ def select(
         members = np.flatnonzero(groups == g)
         k = max(1, round(len(members) * fraction))
         skip = min(round(len(members) * skip_top), len(members) - k)
-        keep.append(members[np.argsort(-keys[members], kind="stable")[skip : skip + k]])
+        ranked = members[np.argsort(-keys[members], kind="stable")]
+        if sampling == "stratified":
+            rest = ranked[skip:]
+            unflagged = rest[np.isfinite(keys[rest])]
+            if len(unflagged) >= k:  # rows flagged ``last`` only when too few others are left
+                rest = unflagged
+            pos = stratified_pick(
+                scores[rest], k, score_bins, np.random.default_rng([seed, int(g)])
+            )
+            keep.append(rest[pos])
+        else:
+            keep.append(ranked[skip : skip + k])
     return np.sort(np.concatenate(keep))
 
 
