@@ -19,6 +19,8 @@ lane_b() {
   for seed in 0 1 2; do
     $S run recipes/sst2-select30.yaml --output "$OUT/select30-random-s$seed" --overwrite \
       --set seed=$seed --set stages.0.distill.selection.criterion=random \
+      --set stages.0.distill.selection.class_balanced=false \
+      --set stages.0.distill.selection.sampling=top --set stages.0.distill.selection.skip_top=0 \
       --set stages.0.distill.selection.seed=$seed > "$OUT/select30-random-s$seed.log" 2>&1
   done
 }
