@@ -138,4 +138,7 @@ def test_bad_selection_sampling_names_key_and_choices():
     tree = base()
     tree["stages"][0]["distill"]["selection"] = {"fraction": 0.3, "sampling": "softmax"}
     msg = error_of(tree)
-    assert "selection.sampling" in msg and "proportional" in msg
+    assert "selection.sampling" in msg and "proportional" in msg and "stratified" in msg
+    tree["stages"][0]["distill"]["selection"] = {"fraction": 0.3, "score_bins": 0}
+    msg = error_of(tree)
+    assert "selection.score_bins" in msg and "greater than or equal to 1" in msg
