@@ -318,7 +318,7 @@ def test_teacher_state_cache_matches_online_and_skips_the_teacher(tmp_path):
     expected = online.loss(batch, 0.0)[0].item()
     assert values[0] == values[1]  # the filling pass already reads back what it wrote
     assert values[1] == pytest.approx(expected, rel=1e-2)  # fp16 on disk
-    assert lw.state_cache.states.shape == (18, 48 * 3 + 2 * 2 * 48)  # 7+7+4 tokens, no padding
+    assert lw.state_cache.shape == (18, 48 * 3 + 2 * 2 * 48)  # 7+7+4 tokens, no padding
 
 
 @pytest.mark.parametrize(

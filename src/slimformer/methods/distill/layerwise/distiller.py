@@ -149,19 +149,18 @@ class LayerwiseDistiller:
             self.teacher_recorder.record() as rec,
         ):
             out = self.forward(self._teacher, batch)
-        for part in (rec.hidden, rec.query, rec.key):
-            for k in part:
-                part[k] = part[k].float()
         if self.on_teacher_output is not None:
             self.on_teacher_output(batch, out.values)
-        if cache is not None:  # read back what was written: cold and warm runs see the same
+        if cache is not None:  # the fp16 values written: cold and warm runs see the same
             idx = batch["idx"].cpu().numpy()
-            cache.write(idx, rec, batch["attention_mask"])
-            return self._cached(idx, batch)
+            return self._on_device(cache.write(idx, rec, batch["attention_mask"]), batch)
         return rec
 
     def _cached(self, idx, batch: dict) -> Internals:
-        internals = self.state_cache.read(idx, batch["attention_mask"])
+        return self._on_device(self.state_cache.read(idx, batch["attention_mask"]), batch)
+
+    @staticmethod
+    def _on_device(internals: Internals, batch: dict) -> Internals:
         device = batch["input_ids"].device
         for part in (internals.hidden, internals.query, internals.key):
             for k in part:
@@ -210,7 +209,7 @@ class LayerwiseDistiller:
 
     def close(self) -> None:
         if self.state_cache is not None:
-            self.state_cache.flush()
+            self.state_cache.close()
         self.student_recorder.remove()
         self.teacher_recorder.remove()
 
