@@ -400,3 +400,25 @@ def test_one_teacher_pass_per_batch_and_bf16_stages(
     assert fp32_stage["teacher_precision"] == "fp32" and bf16_stage["teacher_precision"] == "bf16"
     assert fp32_stage["cache_dir"] != bf16_stage["cache_dir"]
     assert math.isfinite(report["student"]["metrics"]["accuracy"])
+
+
+def test_bf16_teacher_copy_gives_autocast_bits_and_leaves_the_teacher_fp32():
+    from slimformer.methods.distill.layerwise.recorder import Recorder
+    from slimformer.methods.distill.teacher_targets import frozen_for_precision, teacher_precision
+
+    teacher = _tiny(hidden_size=48, num_hidden_layers=2)
+    assert frozen_for_precision(teacher, "fp32") is teacher
+    cast = frozen_for_precision(teacher, "bf16")
+    assert all(p.dtype == torch.float32 for p in teacher.parameters())
+    assert cast.bert.encoder.layer[0].attention.self.query.weight.dtype == torch.bfloat16
+    assert cast.bert.embeddings.word_embeddings.weight.dtype == torch.float32
+    batch = _batch()
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    outputs = []
+    for model in (teacher, cast):
+        rec = Recorder(model, [0, 1, 2], [1, 2])
+        with torch.no_grad(), teacher_precision("bf16", "cpu"), rec.record():
+            logits = model(**inputs).logits
+        outputs.append([logits, *rec.hidden.values(), *rec.query.values(), *rec.key.values()])
+    for a, b in zip(*outputs, strict=True):
+        assert torch.equal(a, b)

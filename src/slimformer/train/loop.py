@@ -22,6 +22,7 @@ from transformers import PreTrainedModel, get_linear_schedule_with_warmup
 from slimformer.data.batching import LengthGroupedBatchSampler, WholeRounds
 from slimformer.errors import RecipeError
 from slimformer.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from slimformer.train.clipping import clipped_step
 from slimformer.train.config import TrainConfig
 from slimformer.train.fast_dropout import fast_cpu_dropout
 from slimformer.train.processes import use_cpu
@@ -252,11 +253,13 @@ def train(
                 with accelerator.accumulate(model):
                     loss, logs = loss_fn(model, batch, state["step"] / total)
                     accelerator.backward(loss)
-                    if accelerator.sync_gradients and cfg.max_grad_norm:
-                        accelerator.clip_grad_norm_(
-                            _trained_parameters(model, loss_fn), cfg.max_grad_norm
-                        )
-                    optimizer.step()
+                    with clipped_step(
+                        accelerator,
+                        optimizer,
+                        _trained_parameters(model, loss_fn),
+                        cfg.max_grad_norm if accelerator.sync_gradients else None,
+                    ):
+                        optimizer.step()
                     scheduler.step()
                     optimizer.zero_grad()
                 state["batch_in_epoch"] += 1

@@ -16,7 +16,7 @@ from slimformer.methods.distill.layerwise.recorder import Recorder, attention_sc
 from slimformer.methods.distill.layerwise.state_cache import Internals, TeacherStateCache
 from slimformer.methods.distill.losses import LAYER_LOSSES
 from slimformer.methods.distill.schedules import value_at
-from slimformer.methods.distill.teacher_targets import teacher_precision
+from slimformer.methods.distill.teacher_targets import frozen_for_precision, teacher_precision
 from slimformer.models.arch import arch_of, num_layers
 from slimformer.models.prune import blocks, head_size
 
@@ -69,7 +69,7 @@ class LayerwiseDistiller:
         self.forward = forward
         self.precision = precision
         self.on_teacher_output: Callable[[dict, torch.Tensor], None] | None = None
-        self._teacher = teacher()
+        self._teacher = frozen_for_precision(teacher(), precision)
         s_layers, t_layers = num_layers(student.config), num_layers(self._teacher.config)
         self.mapping = {0: 0, **layer_mapping(s_layers, t_layers, cfg.mapping)}
         self.terms = {name: LAYER_LOSSES.get(name) for name in cfg.terms}
