@@ -12,7 +12,7 @@ def _run(fused: bool, fold: bool, max_norm: float | None, grad_scale: float = 3.
     model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Linear(16, 2))
     opt = torch.optim.AdamW(model.parameters(), lr=0.1, fused=fused)
     acc = Accelerator(cpu=True)
-    for step in range(3):
+    for _ in range(3):
         x = torch.randn(4, 8) * grad_scale
         model(x).pow(2).sum().backward()
         if fold:

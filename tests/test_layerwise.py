@@ -422,3 +422,24 @@ def test_bf16_teacher_copy_gives_autocast_bits_and_leaves_the_teacher_fp32():
         outputs.append([logits, *rec.hidden.values(), *rec.query.values(), *rec.key.values()])
     for a, b in zip(*outputs, strict=True):
         assert torch.equal(a, b)
+
+
+def test_teacher_state_cache_names_a_damaged_file(tmp_path):
+    import numpy as np
+
+    from slimformer.errors import DataError
+    from slimformer.methods.distill.layerwise.state_cache import TeacherStateCache
+
+    lengths, layout = np.array([3, 2]), [("hidden", 1, 4)]
+    cache = TeacherStateCache(tmp_path, "t", "d", lengths, layout)
+    path = cache.dir / "states.npy"
+    cache.close()
+    with open(path, "r+b") as f:  # cut the last rows off
+        f.truncate(path.stat().st_size - 8)
+    short = TeacherStateCache(tmp_path, "t", "d", lengths, layout)
+    with pytest.raises(DataError, match="shorter than its header"):
+        short.read(np.array([1]), torch.ones(1, 2))
+    short.close()
+    np.save(path, np.zeros((5, 3), dtype=np.float16))  # another layout's rows
+    with pytest.raises(DataError, match="Delete"):
+        TeacherStateCache(tmp_path, "t", "d", lengths, layout)
