@@ -133,9 +133,6 @@ class TeacherStateCache:
             getattr(internals, kind)[layer] = out[..., self.columns[n] : self.columns[n + 1]]
         return internals
 
-    def flush(self) -> None:
-        self.filled.flush()
-
     def close(self) -> None:
-        self.flush()
+        self.filled.flush()
         self._file.close()
