@@ -133,3 +133,49 @@ def test_an_id_outside_the_training_data_is_refused_in_training_and_served_in_ev
     with tables_in_place(model):
         assert model.get_input_embeddings() is stand_in.table
     assert model.get_input_embeddings() is stand_in
+
+
+def _lookup_gradients(own_gradient: bool) -> list[torch.Tensor]:
+    """rows.grad after each of four backwards: step 1, step 2 (two accumulated batches), step 3
+    (padding in the batch), with zero_grad(set_to_none=True) between steps as the loop does."""
+    table = nn.Embedding(30, 6, padding_idx=0)
+    torch.manual_seed(0)
+    stand_in = SeenRowsEmbedding(table, torch.tensor([0, 3, 4, 7, 9, 12]), own_gradient)
+    stand_in.train()
+    ids = [[[3, 4, 4]], [[7, 9, 3]], [[12, 12, 4]], [[3, 0, 0]]]
+    weights = torch.randn(4, 3, 6)
+    grads = []
+    for i, batch in enumerate(ids):
+        if i in (1, 3):  # a new step; batch 2 accumulates onto batch 1
+            stand_in.rows.grad = None
+        (stand_in(torch.tensor(batch)) * weights[i]).sum().backward()
+        grads.append(stand_in.rows.grad.clone())
+    return grads
+
+
+def test_the_kept_gradient_buffer_matches_torchs_embedding_gradient():
+    """One buffer across steps, only touched rows zeroed: the same gradients as torch's
+    embedding backward, accumulation and the padding row included."""
+    plain, kept = _lookup_gradients(False), _lookup_gradients(True)
+    for a, b in zip(plain, kept, strict=True):
+        assert torch.allclose(a, b, atol=1e-6)
+    assert torch.count_nonzero(kept[-1][0]) == 0  # the padding row gets no gradient
+    assert not torch.equal(kept[2], kept[1])  # batch 3 added onto batch 2
+
+
+def test_the_kept_gradient_buffer_is_reused_and_not_used_under_ddp(tmp_path):
+    model = _tiny_model()
+    train_seen_rows(model, [[101, 7, 102]], "seen", own_gradient=True)
+    stand_in = stand_ins(model)[0]
+    pointers = set()
+    for _ in range(3):
+        model.train()(
+            input_ids=torch.tensor([[101, 7, 102]]), labels=torch.tensor([1])
+        ).loss.backward()
+        pointers.add(stand_in.rows.grad.data_ptr())
+        stand_in.rows.grad = None
+    assert len(pointers) == 1
+    ddp = _tiny_model()
+    train_seen_rows(ddp, [[101, 7, 102]], "seen", own_gradient=False)
+    ddp.train()(input_ids=torch.tensor([[101, 7, 102]]), labels=torch.tensor([1])).loss.backward()
+    assert stand_ins(ddp)[0]._gradient is None
