@@ -443,3 +443,59 @@ def test_teacher_state_cache_names_a_damaged_file(tmp_path):
     np.save(path, np.zeros((5, 3), dtype=np.float16))  # another layout's rows
     with pytest.raises(DataError, match="Delete"):
         TeacherStateCache(tmp_path, "t", "d", lengths, layout)
+
+
+def _projections(widths: tuple[int, int], dtype=torch.float32, seed: int = 0):
+    """Stacked q/k of 3 layers (student width, teacher width), batch 3 x 6 tokens, padding."""
+    g = torch.Generator().manual_seed(seed)
+    s_width, t_width = widths
+    student = [torch.randn(3, 3, 6, s_width, generator=g, dtype=dtype) for _ in range(2)]
+    teacher = [torch.randn(3, 3, 6, t_width, generator=g, dtype=dtype) for _ in range(2)]
+    mask = torch.tensor([[1] * 6, [1] * 4 + [0] * 2, [1] * 2 + [0] * 4], dtype=torch.bool)
+    return [x.requires_grad_() for x in student], teacher, mask
+
+
+@pytest.mark.parametrize("name", ["attention_kl", "attention_mse"])
+@pytest.mark.parametrize("widths,heads", [((24, 24), 3), ((16, 24), 4)])
+def test_attention_terms_from_projections_match_the_per_layer_terms(name, widths, heads):
+    """All layers in one autograd Function: the values and gradients of the per-layer terms
+    on scores (same head count, and regrouped heads of different widths)."""
+    from slimformer.methods.distill.layerwise.recorder import attention_scores
+
+    term = LAYER_LOSSES.get(name)
+    (q_s, k_s), (q_t, k_t), mask = _projections(widths)
+    fused = term.from_projections(q_s, k_s, q_t, k_t, heads, mask)
+    fused_grads = torch.autograd.grad(fused @ torch.tensor([1.0, 2.0, 3.0]), [q_s, k_s])
+    per_layer = torch.stack(
+        [
+            term.fn(
+                attention_scores(q_s[i], k_s[i], heads),
+                attention_scores(q_t[i], k_t[i], heads),
+                mask,
+            )
+            for i in range(3)
+        ]
+    )
+    grads = torch.autograd.grad(per_layer @ torch.tensor([1.0, 2.0, 3.0]), [q_s, k_s])
+    assert torch.allclose(fused, per_layer, atol=1e-6)
+    for a, b in zip(fused_grads, grads, strict=True):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["attention_kl", "attention_mse"])
+def test_attention_terms_from_projections_pass_gradcheck(name):
+    term = LAYER_LOSSES.get(name)
+    (q_s, k_s), (q_t, k_t), mask = _projections((8, 8), torch.float64)
+    assert torch.autograd.gradcheck(
+        lambda q, k: term.from_projections(q, k, q_t, k_t, 2, mask), (q_s, k_s)
+    )
+
+
+def test_attention_terms_from_projections_keep_the_input_dtype_for_gradients():
+    term = LAYER_LOSSES.get("attention_kl")
+    (q_s, k_s), (q_t, k_t), mask = _projections((8, 8))
+    q_s, k_s = (x.detach().bfloat16().requires_grad_() for x in (q_s, k_s))
+    value = term.from_projections(q_s, k_s, q_t.half(), k_t.half(), 2, mask)
+    assert value.dtype == torch.float32
+    value.sum().backward()
+    assert q_s.grad.dtype == k_s.grad.dtype == torch.bfloat16

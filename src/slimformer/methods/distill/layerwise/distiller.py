@@ -184,16 +184,44 @@ class LayerwiseDistiller:
             if weight == 0:
                 continue
             if term.needs == "attention":
-                values = [term.fn(*self._scores(student, teacher, m), mask) for m in student.query]
+                values = self._attention_values(term, student, teacher, mask)
             else:
                 layers = [0] if term.needs == "embeddings" else [i for i in projected if i > 0]
-                values = [
-                    term.fn(projected[m], teacher.hidden[self.mapping[m]], mask) for m in layers
-                ]
-            value = torch.stack(values).mean()  # mean over layers: weights keep their meaning
+                values = torch.stack(
+                    [term.fn(projected[m], teacher.hidden[self.mapping[m]], mask) for m in layers]
+                )
+            value = values.mean()  # mean over layers: weights keep their meaning
             logs[f"loss_{name}"] = value.detach().item()
             total = total + weight * value
         return total, logs
+
+    def _attention_values(self, term, student: Recorder, teacher, mask) -> torch.Tensor:
+        """One value per mapped layer: from the q/k projections of all layers at once where the
+        term has that form and heads pair up one to one (same, regroup), else layer by layer
+        from the scores (mean over heads)."""
+        layers = list(student.query)
+        if term.from_projections is None or self.cfg.heads == "mean":
+            return torch.stack([term.fn(*self._scores(student, teacher, m), mask) for m in layers])
+        t_layers = [self.mapping[m] for m in layers]
+        parts = [
+            [student.query[m] for m in layers],
+            [student.key[m] for m in layers],
+            [teacher.query[t] for t in t_layers],
+            [teacher.key[t] for t in t_layers],
+        ]
+        if self.cfg.heads == "regroup":
+            heads = [self.cfg.relation_heads] * len(layers)
+        else:
+            heads = [q.shape[-1] // self._head_size[0] for q in parts[0]]
+        uniform = len(set(heads)) == 1 and all(len({x.shape for x in p}) == 1 for p in parts)
+        if uniform:  # one call for all layers (pruned layers may differ in width)
+            return term.from_projections(*(torch.stack(p) for p in parts), heads[0], mask)
+        return torch.cat(
+            [
+                term.from_projections(*(p[i][None] for p in parts), heads[i], mask)
+                for i in range(len(layers))
+            ]
+        )
 
     def _scores(self, student: Recorder, teacher: Recorder, m: int):
         t = self.mapping[m]

@@ -1,8 +1,11 @@
 """Attention KL (MiniLM): KL(teacher || student) between the attention distributions of each
 head and each real query row, padding keys excluded from the softmax."""
 
+from functools import partial
+
 import torch
 
+from slimformer.methods.distill.losses.attention_from_projections import attention_term
 from slimformer.methods.distill.losses.base import LAYER_LOSSES, LayerLoss, masked_mean
 
 
@@ -19,4 +22,8 @@ def attention_distribution_kl(
     return masked_mean(per_row, rows)
 
 
-LAYER_LOSSES.register("attention_kl")(LayerLoss("attention", attention_distribution_kl))
+LAYER_LOSSES.register("attention_kl")(
+    LayerLoss(
+        "attention", attention_distribution_kl, from_projections=partial(attention_term, "kl")
+    )
+)

@@ -2,8 +2,11 @@
 compared over real (query, key) pairs only (TinyBERT zeroes the masked ones; excluding them
 gives the same gradient without padding diluting the mean)."""
 
+from functools import partial
+
 import torch
 
+from slimformer.methods.distill.losses.attention_from_projections import attention_term
 from slimformer.methods.distill.losses.base import LAYER_LOSSES, LayerLoss, masked_mean
 
 
@@ -20,4 +23,6 @@ def attention_score_mse(
     return masked_mean(per_pair, pair_mask(mask).expand_as(per_pair))
 
 
-LAYER_LOSSES.register("attention_mse")(LayerLoss("attention", attention_score_mse))
+LAYER_LOSSES.register("attention_mse")(
+    LayerLoss("attention", attention_score_mse, from_projections=partial(attention_term, "mse"))
+)

@@ -28,6 +28,10 @@ class LayerLoss:
 
     needs: Literal["embeddings", "hidden", "attention"]
     fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+    # attention terms: the same values for all mapped layers at once, from stacked query/key
+    # projections: (q_s, k_s, q_t, k_t, heads, mask) -> one value per layer (faster; see
+    # attention_from_projections.py). None: the layers go through ``fn`` one by one.
+    from_projections: Callable[..., torch.Tensor] | None = None
 
 
 LAYER_LOSSES: Registry[LayerLoss] = Registry("layer-wise term")

@@ -1,0 +1,110 @@
+"""The attention terms of every mapped layer at once, from the query/key projections.
+
+Built per layer by autograd, attention KL is ~25 small ops forward and as many backward (scores,
+masks, two log-softmaxes, the product, the masked mean), and at SST-2's ~14 tokens a batch it is
+their number, not their size, that sets the time. Here one autograd Function takes the stacked
+q/k of all layers, returns one value per layer, and writes the gradient of the student's scores
+in closed form (KL: softmax(student) - teacher distribution; MSE: 2 (student - teacher)), so its
+backward is that product and two batched matmuls. Values and gradients are those of the
+per-layer terms (``attention_distribution_kl``, ``attention_score_mse``; tests/test_layerwise.py).
+"""
+
+import math
+from typing import Literal
+
+import torch
+from torch.autograd import Function
+
+from slimformer.errors import ModelError
+
+Kind = Literal["kl", "mse"]
+
+
+def _split_heads(x: torch.Tensor, heads: int, dtype: torch.dtype) -> torch.Tensor:
+    """(n, B, L, W) -> (n * B * heads, L, W / heads)."""
+    n, b, length, width = x.shape
+    d = width // heads
+    return x.to(dtype).reshape(n * b, length, heads, d).transpose(1, 2).reshape(-1, length, d)
+
+
+def _merge_heads(x: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """Inverse of ``_split_heads`` back to ``shape`` (n, B, L, W)."""
+    n, b, length, width = shape
+    return x.view(n, b, -1, length, x.shape[-1]).transpose(2, 3).reshape(n, b, length, width)
+
+
+class _AttentionTerm(Function):
+    @staticmethod
+    def forward(ctx, kind: Kind, mask, heads, q_s, k_s, q_t, k_t):
+        dtype = torch.promote_types(q_s.dtype, torch.float32)  # fp32 under bf16 autocast
+        n, b, length, _ = q_s.shape
+        real = mask.to(dtype)  # (B, L)
+        qh, kh = _split_heads(q_s, heads, dtype), _split_heads(k_s, heads, dtype)
+        scale_s = 1 / math.sqrt(qh.shape[-1])
+        scale_t = 1 / math.sqrt(q_t.shape[-1] // heads)
+        s = torch.bmm(qh, kh.transpose(1, 2)).mul_(scale_s).view(n, b, heads, length, length)
+        t = torch.bmm(_split_heads(q_t, heads, dtype), _split_heads(k_t, heads, dtype).mT)
+        t = t.mul_(scale_t).view(n, b, heads, length, length)
+        if kind == "kl":  # KL(teacher || student) per real query row, padding keys left out
+            padding_keys = ~mask.bool()[None, :, None, None, :]
+            neg = torch.finfo(dtype).min
+            log_s = torch.log_softmax(s.masked_fill_(padding_keys, neg), -1)
+            log_t = torch.log_softmax(t.masked_fill_(padding_keys, neg), -1)
+            p_t = log_t.exp()
+            per_row = (log_t - log_s).mul_(p_t).sum(-1)  # (n, B, heads, L)
+            count = real.sum().clamp(min=1.0) * heads
+            values = (per_row * real[None, :, None, :]).sum((1, 2, 3)) / count
+            weights = real[None, :, None, :, None]  # the rows that count
+            ctx.save_for_backward(qh, kh, log_s, p_t, weights)
+        else:  # squared error of the scores over pairs of real tokens
+            pairs = (real[:, None, :, None] * real[:, None, None, :])[None]  # (1, B, 1, L, L)
+            diff = (s - t).mul_(pairs)
+            count = pairs.sum().clamp(min=1.0) * heads
+            values = diff.square().sum((1, 2, 3, 4)) / count
+            ctx.save_for_backward(qh, kh, diff)
+        ctx.kind, ctx.count, ctx.scale = kind, count, scale_s
+        ctx.shapes = (q_s.shape, q_s.dtype, k_s.dtype)
+        return values
+
+    @staticmethod
+    def backward(ctx, grad):
+        shape, q_dtype, k_dtype = ctx.shapes
+        per_layer = (grad / ctx.count)[:, None, None, None, None] * ctx.scale
+        if ctx.kind == "kl":
+            qh, kh, log_s, p_t, weights = ctx.saved_tensors
+            g_scores = log_s.exp().sub_(p_t).mul_(weights).mul_(per_layer)
+        else:
+            qh, kh, diff = ctx.saved_tensors
+            g_scores = diff.mul(per_layer * 2)
+        g_scores = g_scores.view(-1, *g_scores.shape[-2:])
+        g_q = _merge_heads(torch.bmm(g_scores, kh), shape).to(q_dtype)
+        g_k = _merge_heads(torch.bmm(g_scores.mT, qh), shape).to(k_dtype)
+        return None, None, None, g_q, g_k, None, None
+
+
+def attention_term(
+    kind: Kind,
+    student_query: torch.Tensor,
+    student_key: torch.Tensor,
+    teacher_query: torch.Tensor,
+    teacher_key: torch.Tensor,
+    heads: int,
+    mask: torch.Tensor,
+) -> torch.Tensor:
+    """Per-layer values (n,) of the attention term ``kind`` between stacked projections
+    (n, B, L, W_student) / (n, B, L, W_teacher), both split into ``heads`` heads, over the
+    token mask (B, L). The teacher's side takes no gradient."""
+    for name, x in (("student", student_query), ("teacher", teacher_query)):
+        if x.shape[-1] % heads:
+            raise ModelError(
+                f"The {name}'s attention width {x.shape[-1]} does not split into {heads} heads."
+            )
+    return _AttentionTerm.apply(
+        kind,
+        mask,
+        heads,
+        student_query,
+        student_key,
+        teacher_query.detach(),
+        teacher_key.detach(),
+    )
