@@ -28,6 +28,7 @@ from slimformer.train.fast_dropout import fast_cpu_dropout
 from slimformer.train.processes import use_cpu
 from slimformer.train.seen_rows import follow_weight_decay, tables_in_place, train_seen_rows
 from slimformer.utils.atomic import atomic_dir
+from slimformer.utils.fast_softmax import fast_cpu_softmax
 from slimformer.utils.malloc import keep_freed_memory
 
 LossFn = Callable[[PreTrainedModel, dict, float], tuple[torch.Tensor, dict[str, float]]]
@@ -237,7 +238,11 @@ def train(
         disable=not accelerator.is_local_main_process,
     )
     # freed step buffers stay in the heap: no page faults re-zeroing them every step
-    with keep_freed_memory(cfg.keep_freed_memory), fast_cpu_dropout(cfg.fast_dropout):
+    with (
+        keep_freed_memory(cfg.keep_freed_memory),
+        fast_cpu_dropout(cfg.fast_dropout),
+        fast_cpu_softmax(),
+    ):
         while state["step"] < total:
             skip = state["batch_in_epoch"]
             batches = accelerator.skip_first_batches(loader, skip) if skip else loader

@@ -16,6 +16,7 @@ import torch
 from torch.autograd import Function
 
 from slimformer.errors import ModelError
+from slimformer.utils.fast_softmax import log_softmax
 
 Kind = Literal["kl", "mse"]
 
@@ -48,8 +49,8 @@ class _AttentionTerm(Function):
         if kind == "kl":  # KL(teacher || student) per real query row, padding keys left out
             padding_keys = ~mask.bool()[None, :, None, None, :]
             neg = torch.finfo(dtype).min
-            log_s = torch.log_softmax(s.masked_fill_(padding_keys, neg), -1)
-            log_t = torch.log_softmax(t.masked_fill_(padding_keys, neg), -1)
+            log_s = log_softmax(s.masked_fill_(padding_keys, neg), -1)
+            log_t = log_softmax(t.masked_fill_(padding_keys, neg), -1)
             p_t = log_t.exp()
             per_row = (log_t - log_s).mul_(p_t).sum(-1)  # (n, B, heads, L)
             count = real.sum().clamp(min=1.0) * heads
