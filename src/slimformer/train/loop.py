@@ -171,11 +171,7 @@ def train(
     total = cfg.max_steps or math.ceil(cfg.epochs * steps_per_epoch)
     aux = getattr(loss_fn, "aux_module", None)
     restore_embeddings = train_seen_rows(
-        model,
-        input_ids,
-        cfg.embedding_rows,
-        getattr(tokenizer, "pad_token_id", None),
-        own_gradient=accelerator.num_processes == 1,
+        model, input_ids, cfg.embedding_rows, getattr(tokenizer, "pad_token_id", None)
     )
     optimizer = build_optimizer([model] + ([aux] if aux is not None else []), cfg)
     follow_weight_decay(optimizer, model)

@@ -10,12 +10,6 @@ and the unseen rows get the product of the decay factors when the table is writt
 evaluation, saving, and at the end). On SST-2 (8,000 training sentences) 8,490 of 30,522 rows
 are seen; the step of a 3-layer bf16 student on 2 cores lost ~16 ms of ~82 with the whole table
 frozen (the upper bound of the saving; docs/benchmarks.md).
-
-In a single process the rows' gradient also lives in one buffer kept across steps: the lookup's
-backward adds into it and zeroes only the rows the previous step touched, where torch's
-embedding backward allocates and zero-fills the whole (rows x width) gradient every step (~4 ms
-of the step above for 8.5k x 384). Under DDP the gradient must come through autograd (its
-reducer hooks on it), so there the plain lookup is used.
 """
 
 import logging
@@ -40,9 +34,7 @@ class SeenRowsEmbedding(nn.Module):
     only trained parameter), ``table`` the whole table, written back by ``write_back``. In
     eval mode it writes back and looks up the whole table, so any token id works."""
 
-    def __init__(self, table: nn.Embedding, seen: torch.Tensor, own_gradient: bool = False) -> None:
-        """``own_gradient``: keep the rows' gradient in a buffer across steps (one process only:
-        the gradient bypasses autograd's accumulation, which DDP's reducer needs)."""
+    def __init__(self, table: nn.Embedding, seen: torch.Tensor) -> None:
         super().__init__()
         self.table = table
         self.rows = nn.Parameter(table.weight.detach()[seen].clone())
@@ -56,9 +48,6 @@ class SeenRowsEmbedding(nn.Module):
         self.padding_slot = padding if padding >= 0 else None
         self.stale = True  # rows changed since the last write-back
         self.checked_batches = 0
-        self.own_gradient = own_gradient and not table.scale_grad_by_freq
-        self._gradient: torch.Tensor | None = None  # the buffer rows.grad points to
-        self._touched: list[torch.Tensor] = []  # slots added into it since it was last zeroed
         table.weight.requires_grad_(False)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
@@ -78,32 +67,9 @@ class SeenRowsEmbedding(nn.Module):
                 "data (the rows that train were chosen from it); set the stage's "
                 "embedding_rows: all"
             )
-        if self.own_gradient and torch.is_grad_enabled() and self.rows.requires_grad:
-            return _LookupIntoBuffer.apply(slots, self.rows, self)
         return F.embedding(
             slots, self.rows, self.padding_slot, scale_grad_by_freq=self.table.scale_grad_by_freq
         )
-
-    def add_gradient(self, slots: torch.Tensor, grad: torch.Tensor) -> None:
-        """What the lookup's backward does: add ``grad`` (one row per slot) into ``rows.grad``.
-        A step starts with ``rows.grad`` None (``zero_grad``): the buffer comes back with the
-        rows of the previous step zeroed; within a step (gradient accumulation) it adds up."""
-        rows = self.rows
-        if rows.grad is None:
-            buffer = self._gradient
-            if buffer is None or buffer.shape != rows.shape or buffer.dtype != rows.dtype:
-                buffer = self._gradient = torch.zeros_like(rows)
-            elif self._touched:
-                buffer.index_fill_(0, torch.cat(self._touched), 0.0)
-            self._touched = []
-            rows.grad = buffer
-        elif rows.grad is not self._gradient:  # set from outside: add into it, zero it all later
-            self._gradient = None
-        flat = slots.reshape(-1)
-        self._touched.append(flat)
-        rows.grad.index_add_(0, flat, grad.reshape(-1, grad.shape[-1]).to(rows.grad.dtype))
-        if self.padding_slot is not None:  # as torch's backward: the padding row gets none
-            rows.grad[self.padding_slot] = 0.0
 
     def decay_unseen(self, factor: float) -> None:
         """What one AdamW step did to every unseen row (zero gradient, zero moments)."""
@@ -120,23 +86,6 @@ class SeenRowsEmbedding(nn.Module):
             weight.mul_(self.pending_decay.to(weight.dtype))
             self.pending_decay.fill_(1.0)
         weight[self.seen] = self.rows.detach().to(weight.dtype)
-
-
-class _LookupIntoBuffer(torch.autograd.Function):
-    """``F.embedding`` whose backward adds into the stand-in's gradient buffer (and returns no
-    gradient to autograd for the rows)."""
-
-    @staticmethod
-    def forward(ctx, slots: torch.Tensor, rows: torch.Tensor, owner: SeenRowsEmbedding):
-        ctx.owner = owner
-        ctx.save_for_backward(slots)
-        return F.embedding(slots, rows, owner.padding_slot)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        (slots,) = ctx.saved_tensors
-        ctx.owner.add_gradient(slots, grad)
-        return None, None, None
 
 
 def seen_token_ids(
@@ -193,13 +142,11 @@ def train_seen_rows(
     input_ids: Iterable[Iterable[int]],
     mode: Literal["auto", "seen", "all"] = "auto",
     pad_token_id: int | None = None,
-    own_gradient: bool = False,
 ) -> Callable[[], None]:
     """Put a ``SeenRowsEmbedding`` in place of the model's word-embedding table when ``mode``
     is "seen", or "auto" and the seen share is at most ``MAX_SEEN_FRACTION``. Returns what
     writes the table back and puts it in place again (a no-op when nothing was replaced).
-    ``pad_token_id``: the id the collator pads with (the rows themselves are unpadded);
-    ``own_gradient``: the rows' gradient in a buffer kept across steps (one process only)."""
+    ``pad_token_id``: the id the collator pads with (the rows themselves are unpadded)."""
     table = _input_table(model) if mode != "all" else None
     if table is None:
         if mode == "seen":
@@ -212,7 +159,7 @@ def train_seen_rows(
     share = len(seen) / table.num_embeddings
     if mode == "auto" and share > MAX_SEEN_FRACTION:
         return lambda: None
-    stand_in = SeenRowsEmbedding(table, seen, own_gradient)
+    stand_in = SeenRowsEmbedding(table, seen)
     _replace(model, table, stand_in)
     log.info(
         "embedding rows: %d of %d token ids occur in the training data; only those rows "
