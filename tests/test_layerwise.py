@@ -499,3 +499,41 @@ def test_attention_terms_from_projections_keep_the_input_dtype_for_gradients():
     assert value.dtype == torch.float32
     value.sum().backward()
     assert q_s.grad.dtype == k_s.grad.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("rule", ["same", "regroup"])
+def test_the_distillers_attention_terms_match_the_layer_by_layer_path(rule):
+    """All layers in one call (same widths) or one call per layer (a pruned layer is narrower):
+    the loss and gradients of the per-layer score path."""
+    import dataclasses
+
+    from slimformer.models.prune import prune_heads
+
+    teacher = _tiny(hidden_size=32, num_attention_heads=4, num_hidden_layers=4)
+    student = _tiny(hidden_size=32, num_attention_heads=4, num_hidden_layers=2)
+    if rule == "regroup":
+        student = prune_heads(student, {0: [0, 1]})  # layer 1 keeps 2 heads of 4
+    extra = {"relation_heads": 2} if rule == "regroup" else {}
+    lw = _distiller(
+        student, teacher, terms={"attention_kl": 1.0, "attention_mse": 0.5}, heads=rule, **extra
+    )
+    student.train()
+    batch = _batch()
+    results = []
+    for fused in (True, False):
+        if not fused:
+            lw.terms = {
+                k: dataclasses.replace(v, from_projections=None) for k, v in lw.terms.items()
+            }
+        torch.manual_seed(1)  # the same dropout masks
+        with lw.student_recorder.record():
+            student(**{k: v for k, v in batch.items() if k != "labels"})
+        loss, _ = lw.loss(batch, 0.0)
+        params = [p for p in student.parameters() if p.requires_grad]
+        grads = torch.autograd.grad(loss, params, allow_unused=True)  # the head: unused
+        results.append((loss, grads))
+    (a, ga), (b, gb) = results
+    assert torch.allclose(a, b, atol=1e-6)
+    assert sum(x is not None for x in ga) > 10
+    for x, y in zip(ga, gb, strict=True):
+        assert (x is None and y is None) or torch.allclose(x, y, atol=1e-6)
