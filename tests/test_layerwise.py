@@ -537,3 +537,14 @@ def test_the_distillers_attention_terms_match_the_layer_by_layer_path(rule):
     assert sum(x is not None for x in ga) > 10
     for x, y in zip(ga, gb, strict=True):
         assert (x is None and y is None) or torch.allclose(x, y, atol=1e-6)
+
+
+def test_attention_widths_that_do_not_split_into_the_heads_are_refused():
+    from slimformer.errors import ModelError
+    from slimformer.methods.distill.layerwise.recorder import attention_scores
+
+    (q_s, k_s), (q_t, k_t), mask = _projections((8, 12))
+    with pytest.raises(ModelError, match="width 12 does not split into 8 heads"):
+        LAYER_LOSSES.get("attention_kl").from_projections(q_s, k_s, q_t, k_t, 8, mask)
+    with pytest.raises(ModelError, match="width 8 does not split into 3 heads"):
+        attention_scores(q_s[0], k_s[0], 3)

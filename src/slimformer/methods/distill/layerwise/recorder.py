@@ -11,6 +11,7 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from slimformer.errors import ModelError
+from slimformer.methods.distill.losses.attention_from_projections import split_heads
 from slimformer.models.arch import arch_of, find_module, layers_module_name
 
 
@@ -68,11 +69,6 @@ class Recorder:
 def attention_scores(query: torch.Tensor, key: torch.Tensor, heads: int) -> torch.Tensor:
     """(B, L, W) query and key projections -> (B, heads, L, L) scores q.k / sqrt(W / heads),
     in fp32 whatever the forward ran in (bf16 autocast records bf16 projections)."""
-    query, key = query.float(), key.float()
-    b, length, width = query.shape
-    if width % heads:
-        raise ModelError(f"Attention width {width} does not split into {heads} heads.")
-    d = width // heads
-    q = query.view(b, length, heads, d).transpose(1, 2)
-    k = key.view(b, length, heads, d).transpose(1, 2)
-    return q @ k.transpose(-1, -2) / math.sqrt(d)
+    b, length, _ = query.shape
+    q, k = split_heads(query, heads, torch.float32), split_heads(key, heads, torch.float32)
+    return (q @ k.mT / math.sqrt(q.shape[-1])).view(b, heads, length, length)

@@ -21,15 +21,24 @@ from slimformer.utils.fast_softmax import log_softmax
 Kind = Literal["kl", "mse"]
 
 
-def _split_heads(x: torch.Tensor, heads: int, dtype: torch.dtype) -> torch.Tensor:
-    """(n, B, L, W) -> (n * B * heads, L, W / heads)."""
-    n, b, length, width = x.shape
+def split_heads(x: torch.Tensor, heads: int, dtype: torch.dtype) -> torch.Tensor:
+    """(..., B, L, W) projections -> (... * B * heads, L, W / heads) in ``dtype``."""
+    *batch, length, width = x.shape
+    if width % heads:
+        raise ModelError(f"Attention width {width} does not split into {heads} heads.")
     d = width // heads
-    return x.to(dtype).reshape(n * b, length, heads, d).transpose(1, 2).reshape(-1, length, d)
+    rows = x.to(dtype).reshape(-1, length, heads, d)
+    return rows.transpose(1, 2).reshape(-1, length, d)
+
+
+def pair_mask(mask: torch.Tensor) -> torch.Tensor:
+    """(B, L) token mask -> (B, 1, L, L) mask of pairs whose query and key are both real."""
+    m = mask.bool()
+    return (m[:, None, :, None] & m[:, None, None, :]).float()
 
 
 def _merge_heads(x: torch.Tensor, shape: torch.Size) -> torch.Tensor:
-    """Inverse of ``_split_heads`` back to ``shape`` (n, B, L, W)."""
+    """Inverse of ``split_heads`` back to ``shape`` (n, B, L, W)."""
     n, b, length, width = shape
     return x.view(n, b, -1, length, x.shape[-1]).transpose(2, 3).reshape(n, b, length, width)
 
@@ -40,11 +49,11 @@ class _AttentionTerm(Function):
         dtype = torch.promote_types(q_s.dtype, torch.float32)  # fp32 under bf16 autocast
         n, b, length, _ = q_s.shape
         real = mask.to(dtype)  # (B, L)
-        qh, kh = _split_heads(q_s, heads, dtype), _split_heads(k_s, heads, dtype)
+        qh, kh = split_heads(q_s, heads, dtype), split_heads(k_s, heads, dtype)
         scale_s = 1 / math.sqrt(qh.shape[-1])
         scale_t = 1 / math.sqrt(q_t.shape[-1] // heads)
         s = torch.bmm(qh, kh.transpose(1, 2)).mul_(scale_s).view(n, b, heads, length, length)
-        t = torch.bmm(_split_heads(q_t, heads, dtype), _split_heads(k_t, heads, dtype).mT)
+        t = torch.bmm(split_heads(q_t, heads, dtype), split_heads(k_t, heads, dtype).mT)
         t = t.mul_(scale_t).view(n, b, heads, length, length)
         if kind == "kl":  # KL(teacher || student) per real query row, padding keys left out
             padding_keys = ~mask.bool()[None, :, None, None, :]
@@ -58,7 +67,7 @@ class _AttentionTerm(Function):
             weights = real[None, :, None, :, None]  # the rows that count
             ctx.save_for_backward(qh, kh, log_s, p_t, weights)
         else:  # squared error of the scores over pairs of real tokens
-            pairs = (real[:, None, :, None] * real[:, None, None, :])[None]  # (1, B, 1, L, L)
+            pairs = pair_mask(mask).to(dtype)[None]  # (1, B, 1, L, L)
             diff = (s - t).mul_(pairs)
             count = pairs.sum().clamp(min=1.0) * heads
             values = diff.square().sum((1, 2, 3, 4)) / count
@@ -95,11 +104,6 @@ def attention_term(
     """Per-layer values (n,) of the attention term ``kind`` between stacked projections
     (n, B, L, W_student) / (n, B, L, W_teacher), both split into ``heads`` heads, over the
     token mask (B, L). The teacher's side takes no gradient."""
-    for name, x in (("student", student_query), ("teacher", teacher_query)):
-        if x.shape[-1] % heads:
-            raise ModelError(
-                f"The {name}'s attention width {x.shape[-1]} does not split into {heads} heads."
-            )
     return _AttentionTerm.apply(
         kind,
         mask,

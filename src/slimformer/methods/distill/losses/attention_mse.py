@@ -6,14 +6,11 @@ from functools import partial
 
 import torch
 
-from slimformer.methods.distill.losses.attention_from_projections import attention_term
+from slimformer.methods.distill.losses.attention_from_projections import (
+    attention_term,
+    pair_mask,
+)
 from slimformer.methods.distill.losses.base import LAYER_LOSSES, LayerLoss, masked_mean
-
-
-def pair_mask(mask: torch.Tensor) -> torch.Tensor:
-    """(B, L) token mask -> (B, 1, L, L) mask of pairs whose query and key are both real."""
-    m = mask.bool()
-    return (m[:, None, :, None] & m[:, None, None, :]).float()
 
 
 def attention_score_mse(
