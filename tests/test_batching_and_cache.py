@@ -3,7 +3,7 @@
 import numpy as np
 import torch
 
-from slimformer.data.batching import LengthGroupedBatchSampler
+from slimformer.data.batching import LengthGroupedBatchSampler, token_budget_batches
 from slimformer.methods.distill.teacher_cache import TeacherCache
 
 
@@ -25,6 +25,19 @@ def test_sampler_groups_similar_lengths():
     sampler = LengthGroupedBatchSampler(lengths, 32, seed=0)
     spread = np.mean([np.ptp([lengths[i] for i in b]) for b in sampler.batches()])
     assert spread < 20  # random batches would span ~95
+
+
+def test_token_budget_batches_run_longest_first_within_the_budget():
+    lengths = [3, 9, 5, 5, 2, 40, 5, 1]
+    batches = token_budget_batches(lengths, tokens=12, max_rows=3)
+    assert sorted(p for b in batches for p in b) == list(range(len(lengths)))
+    flat = [lengths[p] for b in batches for p in b]
+    assert flat == sorted(lengths, reverse=True)  # longest first
+    for b in batches:  # padded to the batch's first (longest) row
+        assert len(b) == 1 or len(b) * lengths[b[0]] <= 12
+        assert len(b) <= 3
+    assert batches[0] == [5]  # a row over the budget goes alone
+    assert [len(b) for b in batches] == [1, 1, 2, 2, 2]
 
 
 def test_teacher_cache_round_trip_and_persistence(tmp_path):

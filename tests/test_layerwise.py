@@ -397,6 +397,8 @@ def test_one_teacher_pass_per_batch_and_bf16_stages(
     # the teacher ran for logits on the eval set only (the fidelity reference): every training
     # row's logits came from the layer-wise teacher pass
     assert 48 not in fills and fills
+    # both stages ran the teacher over their 48 rows before training (states cached apart)
+    assert fp32_stage["teacher_pass"]["rows"] == bf16_stage["teacher_pass"]["rows"] == 48
     assert fp32_stage["teacher_precision"] == "fp32" and bf16_stage["teacher_precision"] == "bf16"
     assert fp32_stage["cache_dir"] != bf16_stage["cache_dir"]
     assert math.isfinite(report["student"]["metrics"]["accuracy"])
@@ -548,3 +550,80 @@ def test_attention_widths_that_do_not_split_into_the_heads_are_refused():
         LAYER_LOSSES.get("attention_kl").from_projections(q_s, k_s, q_t, k_t, 8, mask)
     with pytest.raises(ModelError, match="width 8 does not split into 3 heads"):
         attention_scores(q_s[0], k_s[0], 3)
+
+
+def test_teacher_pass_fills_the_state_cache_before_training(tmp_path):
+    """The pass over all rows (longest first, token-budget batches) leaves nothing for the
+    training batches to compute, and the values it stores are those a training batch would."""
+    import datasets
+    import numpy as np
+
+    from slimformer.methods.distill.layerwise.config import IntermediateConfig
+    from slimformer.methods.distill.layerwise.distiller import LayerwiseDistiller
+    from slimformer.methods.distill.layerwise.state_cache import TeacherStateCache
+    from slimformer.methods.distill.layerwise.teacher_pass import fill_state_cache
+    from slimformer.tasks import get_task
+
+    teacher = _tiny(hidden_size=48, num_hidden_layers=4)
+    student = _tiny(num_hidden_layers=2)
+    lengths = np.array([5, 9, 3, 7, 9, 2])
+    g = torch.Generator().manual_seed(0)
+    ds = datasets.Dataset.from_dict(
+        {
+            "input_ids": [torch.randint(1000, 2000, (n,), generator=g).tolist() for n in lengths],
+            "labels": [0, 1, 0, 1, 1, 0],
+            # row 5 repeats row 1's index (an example listed twice runs once)
+            "idx": [0, 1, 2, 3, 4, 1],
+        }
+    )
+    lengths[5] = lengths[1]
+
+    def collate(rows):
+        width = max(len(r["input_ids"]) for r in rows)
+        ids = torch.zeros(len(rows), width, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for i, r in enumerate(rows):
+            ids[i, : len(r["input_ids"])] = torch.tensor(r["input_ids"])
+            mask[i, : len(r["input_ids"])] = 1
+        labels = torch.tensor([r["labels"] for r in rows])
+        return {
+            "input_ids": ids,
+            "attention_mask": mask,
+            "labels": labels,
+            "idx": torch.tensor([r["idx"] for r in rows]),
+        }
+
+    forward = get_task("sequence-classification").forward
+    calls = {"n": 0}
+
+    def counting_forward(model, b):
+        calls["n"] += model is teacher
+        return forward(model, b)
+
+    cfg = IntermediateConfig(terms={"hidden_mse": 1, "attention_kl": 1}, teacher_states="cache")
+    lw = LayerwiseDistiller(
+        cfg,
+        student,
+        lambda: teacher,
+        counting_forward,
+        0,
+        lambda layout: TeacherStateCache(tmp_path, "t", "d", lengths[:5], layout),
+    )
+    offered = []
+    lw.on_teacher_output = lambda batch, values: offered.extend(batch["idx"].tolist())
+    assert fill_state_cache(lw, ds, collate, tokens=18, max_rows=4) == 5
+    assert sorted(offered) == [0, 1, 2, 3, 4]  # the logit cache got every row once
+    assert not lw.state_cache.missing(np.arange(5)).any()
+    passes = calls["n"]
+    assert passes == 3  # lengths 9 9 7 5 3 in batches of <= 18 padded tokens: [9 9] [7 5] [3]
+    assert fill_state_cache(lw, ds, collate) == 0  # nothing left: no teacher pass
+
+    batch = collate([ds[i] for i in (3, 0, 2)])
+    online = LayerwiseDistiller(
+        cfg.model_copy(update={"teacher_states": "online"}), student, lambda: teacher, forward
+    )
+    with lw.student_recorder.record(), online.student_recorder.record():
+        student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    cached = lw.loss(batch, 0.0)[0].item()
+    assert calls["n"] == passes  # served from the cache
+    assert cached == pytest.approx(online.loss(batch, 0.0)[0].item(), rel=1e-2)  # fp16 on disk

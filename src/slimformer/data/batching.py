@@ -74,3 +74,20 @@ class WholeRounds(Sampler[list[int]]):
 
     def __len__(self) -> int:
         return len(self.inner) - len(self.inner) % self.processes
+
+
+def token_budget_batches(lengths: list[int], tokens: int, max_rows: int) -> list[list[int]]:
+    """Positions longest first, cut into batches of at most ``tokens`` padded tokens (rows x
+    the batch's longest row) and ``max_rows`` rows, one row at least: for inference passes,
+    where larger, evenly long batches run faster per row than training's shuffled ones."""
+    order = np.argsort(-np.asarray(lengths), kind="stable")
+    batches: list[list[int]] = []
+    for pos in order.tolist():
+        if batches:
+            batch = batches[-1]
+            longest = lengths[batch[0]]
+            if len(batch) < max_rows and (len(batch) + 1) * longest <= tokens:
+                batch.append(pos)
+                continue
+        batches.append([pos])
+    return batches

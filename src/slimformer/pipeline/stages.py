@@ -2,6 +2,7 @@
 A new stage kind = one function + one ``@STAGES.register``."""
 
 import logging
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from slimformer.export.ort_quantize import QuantizeConfig, quantize_onnx
 from slimformer.export.parity import check_parity, parity
 from slimformer.export.torch_runtime import RuntimeSpec, write_runtime_spec
 from slimformer.methods.distill.layerwise.distiller import LayerwiseDistiller
+from slimformer.methods.distill.layerwise.teacher_pass import fill_state_cache
 from slimformer.methods.distill.objective import DistillLossConfig, KDLoss, make_loss_fn
 from slimformer.models.freeze import freeze_embeddings, freeze_encoder
 from slimformer.models.lora import add_lora, merged_from
@@ -187,6 +189,13 @@ def distill_stage(
     train_ds, sampler, data_info = choose_training_data(
         ctx, cfg, targets, stage_dir, rows, n_unlabeled
     )
+    teacher_pass: dict = {}
+    if loss_fn.layerwise is not None:  # cached states: the teacher runs on them all up front
+        started = time.perf_counter()
+        filled = fill_state_cache(loss_fn.layerwise, train_ds, ctx.collate)
+        if filled:
+            seconds = round(time.perf_counter() - started, 2)
+            teacher_pass = {"teacher_pass": {"rows": filled, "seconds": seconds}}
     result = _train(
         ctx,
         cfg,
@@ -219,6 +228,7 @@ def distill_stage(
         **rows_info,
         **data_info,
         **({"intermediate": layerwise_info} if layerwise_info else {}),
+        **teacher_pass,
         **({"encoder_frozen": True} if cfg.freeze_encoder else {}),
     }
 
@@ -226,8 +236,6 @@ def distill_stage(
 def lm_teacher_targets(ctx: RunContext, cfg: DistillStage, rows) -> tuple[object, dict]:
     """Causal-LM teacher distributions: top-k cached (filled now, before training, so its
     cost shows on its own) or online."""
-    import time
-
     from slimformer.methods.distill.lm_targets import LMTeacherTargets
     from slimformer.methods.distill.teacher_cache import dataset_fingerprint
     from slimformer.methods.distill.topk_cache import TopKCache, check_top_k

@@ -29,10 +29,10 @@ class IntermediateConfig(StrictConfig):
     relation_heads: int | None = Field(None, gt=0, description="head count for heads: regroup")
     teacher_states: Literal["online", "cache"] = Field(
         "cache",
-        description="teacher hidden states/attention: written once to disk in fp16 and read "
-        "back in later epochs and runs (cache; measured faster: epoch 1 costs the same, later "
-        "ones ~1.3x faster), or recomputed every batch (online: no disk, ~10 KB per token "
-        "saved otherwise)",
+        description="teacher hidden states/attention: computed once before training (one "
+        "pass in length-sorted batches), kept on disk in fp16 and read back in every epoch and "
+        "later runs (cache; measured faster), or recomputed every batch (online: no disk, "
+        "~10 KB per token saved otherwise)",
     )
 
     @field_validator("terms")

@@ -3,8 +3,9 @@
 Layout: ``<root>/<teacher fp>-<data fp>-<parts fp>/states.npy``, one row per real token of every
 example (example i's tokens at ``offsets[i]:offsets[i+1]``), each row the concatenated parts
 (hidden states of the mapped layers, attention queries and keys) in ``meta.json``'s order;
-``filled.npy`` marks examples already written. Filled lazily in the first epoch like the logit
-cache, so a crash keeps what was written. Padding is never stored: tokens are gathered and
+``filled.npy`` marks examples already written. Filled by the teacher's pass before training
+(``teacher_pass.py``), or batch by batch in the first epoch where that pass does not run (several
+processes); a crash keeps what was written. Padding is never stored: tokens are gathered and
 scattered with the attention mask, whatever the padding side.
 
 The rows go through plain file reads and writes, not a memory map: the first epoch's writes into
