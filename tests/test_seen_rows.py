@@ -17,7 +17,7 @@ from slimformer.train.seen_rows import (
     train_seen_rows,
 )
 
-from .conftest import tiny_config
+from .conftest import pad_collate, tiny_config
 
 
 def _tiny_model(seed: int = 0):
@@ -34,20 +34,6 @@ def _rows() -> datasets.Dataset:
     )
 
 
-def _collate(rows: list[dict]) -> dict:
-    width = max(len(r["input_ids"]) for r in rows)
-    ids = torch.zeros(len(rows), width, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, r in enumerate(rows):
-        ids[i, : len(r["input_ids"])] = torch.tensor(r["input_ids"])
-        mask[i, : len(r["input_ids"])] = 1
-    return {
-        "input_ids": ids,
-        "attention_mask": mask,
-        "labels": torch.tensor([r["labels"] for r in rows]),
-    }
-
-
 def _loss(model, batch, progress):
     return model(**batch).loss, {}
 
@@ -57,7 +43,7 @@ def _trained(tmp_path, rows_mode: str) -> dict[str, torch.Tensor]:
     cfg = TrainConfig(
         epochs=3, batch_size=4, learning_rate=5e-3, weight_decay=0.1, embedding_rows=rows_mode
     )
-    result = train(model, _rows(), _collate, _loss, cfg, tmp_path / rows_mode, seed=0)
+    result = train(model, _rows(), pad_collate, _loss, cfg, tmp_path / rows_mode, seed=0)
     assert not stand_ins(model)  # the model's own table is back after training
     saved = AutoModelForSequenceClassification.from_pretrained(result.model_dir)
     return saved.state_dict()
