@@ -597,12 +597,13 @@ def test_teacher_pass_fills_the_state_cache_before_training(tmp_path):
     )
     offered = []
     lw.on_teacher_output = lambda batch, values: offered.extend(batch["idx"].tolist())
-    assert fill_state_cache(lw, ds, pad_collate, tokens=18, max_rows=4) == 5
+    cpu = torch.device("cpu")
+    assert fill_state_cache(lw, ds, pad_collate, cpu, tokens=18, max_rows=4) == 5
     assert sorted(offered) == [0, 1, 2, 3, 4]  # the logit cache got every row once
     assert not lw.state_cache.missing(np.arange(5)).any()
     passes = calls["n"]
     assert passes == 3  # lengths 9 9 7 5 3 in batches of <= 18 padded tokens: [9 9] [7 5] [3]
-    assert fill_state_cache(lw, ds, pad_collate) == 0  # nothing left: no teacher pass
+    assert fill_state_cache(lw, ds, pad_collate, cpu) == 0  # nothing left: no teacher pass
 
     batch = pad_collate([ds[i] for i in (3, 0, 2)])
     online = LayerwiseDistiller(

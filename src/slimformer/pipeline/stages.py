@@ -35,6 +35,7 @@ from slimformer.registry import Registry
 from slimformer.tasks.sequence_classification import is_regression
 from slimformer.train.config import TrainConfig
 from slimformer.train.loop import TrainResult, train
+from slimformer.train.processes import processes
 from slimformer.utils.atomic import atomic_dir
 
 log = logging.getLogger("slimformer")
@@ -190,9 +191,12 @@ def distill_stage(
         ctx, cfg, targets, stage_dir, rows, n_unlabeled
     )
     teacher_pass: dict = {}
-    if loss_fn.layerwise is not None:  # cached states: the teacher runs on them all up front
+    state = processes()
+    # cached states, one process: the teacher runs on them all up front (several processes
+    # fill the cache from their own training batches)
+    if loss_fn.layerwise is not None and state.num_processes == 1:
         started = time.perf_counter()
-        filled = fill_state_cache(loss_fn.layerwise, train_ds, ctx.collate)
+        filled = fill_state_cache(loss_fn.layerwise, train_ds, ctx.collate, state.device)
         if filled:
             seconds = round(time.perf_counter() - started, 2)
             teacher_pass = {"teacher_pass": {"rows": filled, "seconds": seconds}}
@@ -240,16 +244,15 @@ def lm_teacher_targets(ctx: RunContext, cfg: DistillStage, rows) -> tuple[object
     from slimformer.methods.distill.teacher_cache import dataset_fingerprint
     from slimformer.methods.distill.topk_cache import TopKCache, check_top_k
     from slimformer.tasks.base import MODEL_INPUTS
-    from slimformer.train.processes import processes as run_processes
 
-    processes = run_processes()
+    state = processes()
     vocab = int(ctx.teacher_config.vocab_size)
     cache = None
     if cfg.teacher_logits == "topk":
         check_top_k(cfg.top_k, vocab)
         positions = len(rows[0]["input_ids"]) - 1
         data_fp = dataset_fingerprint(rows, MODEL_INPUTS, extra=cfg.teacher_precision)
-        with processes.main_process_first():  # the main process creates the files
+        with state.main_process_first():  # the main process creates the files
             cache = TopKCache(
                 ctx.cache_root / "teacher_topk",
                 ctx.teacher_fingerprint(),
@@ -265,9 +268,9 @@ def lm_teacher_targets(ctx: RunContext, cfg: DistillStage, rows) -> tuple[object
         cached_before = cache.filled_count
         # each process labels its share of the blocks (shared memory map), then all read all
         targets.fill_all(
-            rows, ctx.collate, cfg.batch_size, processes.process_index, processes.num_processes
+            rows, ctx.collate, cfg.batch_size, state.process_index, state.num_processes
         )
-        processes.wait_for_everyone()
+        state.wait_for_everyone()
         info["topk_cache"] = {
             "dir": str(cache.dir),
             "size_gb": round(cache.size_gb, 3),

@@ -17,7 +17,6 @@ from tqdm.auto import tqdm
 
 from slimformer.data.batching import token_budget_batches
 from slimformer.methods.distill.layerwise.distiller import LayerwiseDistiller
-from slimformer.train.processes import processes
 
 log = logging.getLogger("slimformer")
 
@@ -29,15 +28,15 @@ def fill_state_cache(
     distiller: LayerwiseDistiller,
     ds,
     collate,
+    device: torch.device,
     tokens: int = TEACHER_PASS_TOKENS,
     max_rows: int = TEACHER_PASS_MAX_ROWS,
 ) -> int:
-    """Run the teacher over the rows of ``ds`` (with an ``idx`` column) that the state cache
-    lacks; returns how many it ran on. Under several processes (``accelerate launch``) it
-    leaves the filling to the training batches, each process its own."""
+    """Run the teacher on ``device`` over the rows of ``ds`` (with an ``idx`` column) that the
+    state cache lacks; returns how many it ran on. For one process: under several
+    (``accelerate launch``) the training batches fill the cache, each process its own."""
     cache = distiller.state_cache
-    state = processes()
-    if cache is None or state.num_processes > 1:
+    if cache is None:
         return 0
     idx = np.asarray(ds["idx"])
     _, first = np.unique(idx, return_index=True)  # a row listed twice runs once
@@ -51,7 +50,7 @@ def fill_state_cache(
     with tqdm(total=len(todo), desc="teacher pass", unit="row", dynamic_ncols=True) as bar:
         for positions in batches:
             batch = collate([rows[p] for p in positions])
-            batch = {k: v.to(state.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+            batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
             distiller.teacher_internals(batch)
             bar.update(len(positions))
     return len(todo)
