@@ -140,6 +140,21 @@ class LayerwiseDistiller:
             idx = batch["idx"].cpu().numpy()
             if not cache.missing(idx).any():
                 return self._cached(idx, batch)
+        rec = self._teacher_forward(batch)
+        if cache is None:
+            return rec
+        # the fp16 values written: cold and warm runs see the same
+        stored = cache.write(idx, rec, batch["attention_mask"])
+        return self._on_device(cache.unpack(stored, batch["attention_mask"]), batch)
+
+    def fill_cache(self, batch: dict) -> None:
+        """A teacher forward whose states go to the state cache only (nothing returned)."""
+        rec = self._teacher_forward(batch)
+        self.state_cache.write(batch["idx"].cpu().numpy(), rec, batch["attention_mask"])
+
+    def _teacher_forward(self, batch: dict) -> Recorder:
+        """The teacher's forward on ``batch``, recorded; its outputs go to
+        ``on_teacher_output`` (the logit cache)."""
         device = batch["input_ids"].device
         if next(self._teacher.parameters()).device != device:
             self._teacher.to(device)
@@ -151,9 +166,6 @@ class LayerwiseDistiller:
             out = self.forward(self._teacher, batch)
         if self.on_teacher_output is not None:
             self.on_teacher_output(batch, out.values)
-        if cache is not None:  # the fp16 values written: cold and warm runs see the same
-            idx = batch["idx"].cpu().numpy()
-            return self._on_device(cache.write(idx, rec, batch["attention_mask"]), batch)
         return rec
 
     def _cached(self, idx, batch: dict) -> Internals:

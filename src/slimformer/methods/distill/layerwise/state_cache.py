@@ -91,9 +91,10 @@ class TeacherStateCache:
     def missing(self, idx: np.ndarray) -> np.ndarray:
         return self.filled[idx] == 0
 
-    def write(self, idx: np.ndarray, internals, mask: torch.Tensor) -> Internals:
+    def write(self, idx: np.ndarray, internals, mask: torch.Tensor) -> torch.Tensor:
         """``internals``: anything with hidden/query/key dicts (a Recorder after a forward).
-        Returns the batch as stored (fp16), as ``read`` would give it back."""
+        Returns the real tokens' rows as stored (fp16): ``unpack`` gives the batch as ``read``
+        would (the teacher's pass before training skips that)."""
         parts = [getattr(internals, kind)[layer].half() for kind, layer, _ in self.layout]
         mask = mask.bool()
         # the real tokens of every row, row after row (boolean indexing is row-major)
@@ -107,7 +108,7 @@ class TeacherStateCache:
             while data:  # a raw write may take fewer bytes than given
                 data = data[self._file.write(data) :]
         self.filled[idx] = 1  # after the values: a crash in between only loses work
-        return self._unpack(tokens, mask.cpu())
+        return tokens
 
     def read(self, idx: np.ndarray, mask: torch.Tensor) -> Internals:
         """The cached parts for a batch, scattered into its padded shape (B, L, W), fp16."""
@@ -123,9 +124,11 @@ class TeacherStateCache:
                     f"{got} of {n * self._row_bytes} bytes): delete it and run again."
                 )
             at += n
-        return self._unpack(torch.from_numpy(rows), mask.bool().cpu())
+        return self.unpack(torch.from_numpy(rows), mask)
 
-    def _unpack(self, tokens: torch.Tensor, mask: torch.Tensor) -> Internals:
+    def unpack(self, tokens: torch.Tensor, mask: torch.Tensor) -> Internals:
+        """Token rows (as written, row after row) scattered into the padded batch (B, L, W)."""
+        mask = mask.bool().cpu()
         b, length = mask.shape
         out = torch.zeros(b, length, self.shape[1], dtype=tokens.dtype)
         out[mask] = tokens  # row-major, as written

@@ -3,10 +3,10 @@
 Filled lazily, the state cache runs the teacher on each training batch of the first epoch:
 32 shuffled rows at a time. Filled up front, the same rows go through the teacher longest
 first in batches of ~2,048 tokens, whose matmuls are larger and whose padding is nearly nil.
-On this project's 2-core AMD EPYC, the teacher's bf16 pass over 8,000 SST-2 sentences took
-9.5 s this way against 11.8 s in the training batches (docs/benchmarks.md). The rows and the
-logits (the logit cache is fed by the same pass) are the same either way, up to the last
-bits of the bf16 sums.
+On this project's 2-core AMD EPYC the teacher's bf16 forward over 8,000 SST-2 sentences took
+9.5-10.0 s this way against 11.5-12.6 s in the training batches; whole runs gained 0-10%
+(docs/benchmarks.md). The rows and the logits (the logit cache is fed by the same pass) are
+the same either way, up to the last bits of the bf16 sums.
 """
 
 import logging
@@ -51,6 +51,6 @@ def fill_state_cache(
         for positions in batches:
             batch = collate([rows[p] for p in positions])
             batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
-            distiller.teacher_internals(batch)
+            distiller.fill_cache(batch)
             bar.update(len(positions))
     return len(todo)
