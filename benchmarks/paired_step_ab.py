@@ -8,10 +8,12 @@ give the saving and its standard error.
 
     .venv/bin/python benchmarks/paired_step_ab.py fused-attention
     .venv/bin/python benchmarks/paired_step_ab.py short-softmax
+    .venv/bin/python benchmarks/paired_step_ab.py fast-exp
 
 fused-attention: the attention terms of all mapped layers in one autograd Function from the
 q/k projections (off: one layer at a time from the scores). short-softmax: short softmax rows
-padded to the CPU's vector width (off: torch's softmax).
+padded to the CPU's vector width (off: torch's softmax). fast-exp: the attention term's exp of
+log-probabilities clamped to exp's vector range (off: torch.exp over the padding keys' minima).
 """
 
 import argparse
@@ -30,9 +32,10 @@ import textbrewer_compare  # noqa: E402
 
 from slimformer.methods.distill import objective  # noqa: E402
 from slimformer.methods.distill.layerwise import distiller  # noqa: E402
+from slimformer.methods.distill.losses import attention_from_projections  # noqa: E402
 from slimformer.utils import fast_softmax  # noqa: E402
 
-CHANGES = ("fused-attention", "short-softmax")
+CHANGES = ("fused-attention", "short-softmax", "fast-exp")
 
 
 def main() -> None:
@@ -50,8 +53,12 @@ def main() -> None:
         self.fused_terms = dict(self.terms)
         distillers.append(self)
 
+    clamped_exp = attention_from_projections._exp_log_probs
+
     def switch(on: bool) -> None:
-        if args.change == "short-softmax":
+        if args.change == "fast-exp":
+            attention_from_projections._exp_log_probs = clamped_exp if on else torch.exp
+        elif args.change == "short-softmax":
             fast_softmax.fast_width = (lambda: width) if on else (lambda: 0)
             F.softmax = fast_softmax.softmax if on else fast_softmax._torch_softmax
             F.log_softmax = fast_softmax.log_softmax if on else fast_softmax._torch_log_softmax

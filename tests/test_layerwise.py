@@ -484,6 +484,31 @@ def test_attention_terms_from_projections_match_the_per_layer_terms(name, widths
         assert torch.allclose(a, b, atol=1e-6)
 
 
+def test_attention_kl_from_projections_matches_with_log_probabilities_under_the_fast_exp():
+    """Peaked attention: real keys' log-probabilities far below -87, where the fused term's
+    exp is clamped (its fast range); values and gradients stay those of the per-layer term."""
+    from slimformer.methods.distill.layerwise.recorder import attention_scores
+
+    term = LAYER_LOSSES.get("attention_kl")
+    (q_s, k_s), (q_t, k_t), mask = _projections((24, 24))
+    q_s, k_s = (x.detach().mul(4).requires_grad_() for x in (q_s, k_s))
+    q_t, k_t = q_t * 4, k_t * 4
+    scores = attention_scores(q_t[0], k_t[0], 3)
+    assert (scores.log_softmax(-1)[..., :2] < -87).any()  # the clamp is reached
+    fused = term.from_projections(q_s, k_s, q_t, k_t, 3, mask)
+    fused_grads = torch.autograd.grad(fused.sum(), [q_s, k_s])
+    per_layer = torch.stack(
+        [
+            term.fn(attention_scores(q_s[i], k_s[i], 3), attention_scores(q_t[i], k_t[i], 3), mask)
+            for i in range(3)
+        ]
+    )
+    grads = torch.autograd.grad(per_layer.sum(), [q_s, k_s])
+    assert torch.allclose(fused, per_layer, rtol=1e-5)
+    for a, b in zip(fused_grads, grads, strict=True):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
 @pytest.mark.parametrize("name", ["attention_kl", "attention_mse"])
 def test_attention_terms_from_projections_pass_gradcheck(name):
     term = LAYER_LOSSES.get(name)
