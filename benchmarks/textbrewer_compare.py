@@ -112,6 +112,21 @@ def recipe(
     }
 
 
+TEACHER_INPUTS = ["input_ids", "attention_mask", "token_type_ids"]
+
+
+def teacher_input_rows(train_examples: int = 8000):
+    """The benchmark's training rows as the teacher reads them (a list of dicts of its input
+    columns) and the run context whose ``collate`` pads them; for the teacher-pass scripts."""
+    from slimformer.pipeline.context import build_context
+    from slimformer.pipeline.recipe import parse_recipe
+
+    with tempfile.TemporaryDirectory() as tmp:
+        ctx = build_context(parse_recipe(recipe(train_examples, 2, "cache", "bf16")), tmp)
+    rows = ctx.train_ds.select_columns(TEACHER_INPUTS)
+    return ctx, [rows[i] for i in range(len(rows))]
+
+
 def run_slimformer(
     train_examples: int,
     epochs: int,
