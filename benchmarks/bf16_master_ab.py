@@ -18,7 +18,6 @@ timed batch, so both see the same weights.
 
 import copy
 import sys
-import tempfile
 import time
 from pathlib import Path
 from types import MethodType
@@ -121,17 +120,15 @@ def main() -> None:
         return real_call(self, model, batch, progress)
 
     objective.KDLoss.__call__ = call
-    with tempfile.TemporaryDirectory() as tmp:
-        textbrewer_compare.run_slimformer(8000, 2, "cache", Path(tmp), "bf16")
-    shadow, autocast = (np.array(seconds[k]) * 1000 for k in ("shadow", "autocast"))
-    saved = autocast - shadow
+    textbrewer_compare.run_timed_row()
     from slimformer.hardware.cpu_features import cpu_name
 
     print(
-        f"{cpu_name()}: autocast forward + backward {autocast.mean():.2f} ms; bf16 shadow "
+        f"{cpu_name()}: autocast forward + backward {np.mean(seconds['autocast']) * 1000:.2f} "
+        "ms; bf16 shadow "
         + ", ".join(f"{k} {np.mean(v) * 1000:.2f}" for k, v in parts.items())
-        + f" ms, {shadow.mean():.2f} in all; saved {saved.mean():.2f} ms a step (standard "
-        f"error {saved.std() / np.sqrt(len(saved)):.2f}, {len(saved)} pairs)"
+        + f" ms, {np.mean(seconds['shadow']) * 1000:.2f} in all; "
+        + textbrewer_compare.paired_saving(seconds["autocast"], seconds["shadow"])
     )
 
 

@@ -17,7 +17,6 @@ token per layer instead of 2 x 384) would save reading time on top of this.
 
 import math
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -137,17 +136,15 @@ def main() -> None:
     distiller.LayerwiseDistiller.teacher_internals = internals
     distiller.LayerwiseDistiller._attention_values = attention_values
     objective.KDLoss.__call__ = call
-    with tempfile.TemporaryDirectory() as tmp:
-        textbrewer_compare.run_slimformer(8000, 2, "cache", Path(tmp), "bf16")
-    cached, now = (np.array(seconds[k]) * 1000 for k in ("cached log-probs", "from q/k"))
-    saved = now - cached
+    textbrewer_compare.run_timed_row()
     from slimformer.hardware.cpu_features import cpu_name
 
+    now, cached = (np.mean(seconds[k]) * 1000 for k in ("from q/k", "cached log-probs"))
     print(
-        f"{cpu_name()}: forward + backward {now.mean():.2f} ms with the teacher's side from q/k, "
-        f"{cached.mean():.2f} ms with its log-probabilities given; saved {saved.mean():.2f} ms "
-        f"a step (standard error {saved.std() / np.sqrt(len(saved)):.2f}, {len(saved)} pairs); "
-        f"largest loss difference {np.abs(np.subtract(*losses.values())).max():.2e}"
+        f"{cpu_name()}: forward + backward {now:.2f} ms with the teacher's side from q/k, "
+        f"{cached:.2f} ms with its log-probabilities given; "
+        + textbrewer_compare.paired_saving(seconds["from q/k"], seconds["cached log-probs"])
+        + f"; largest loss difference {np.abs(np.subtract(*losses.values())).max():.2e}"
     )
 
 

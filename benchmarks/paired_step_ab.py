@@ -19,7 +19,6 @@ log-probabilities clamped to exp's vector range (off: torch.exp over the padding
 import argparse
 import dataclasses
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -93,16 +92,13 @@ def main() -> None:
 
     distiller.LayerwiseDistiller.__init__ = keep_distiller
     objective.KDLoss.__call__ = call
-    with tempfile.TemporaryDirectory() as tmp:
-        textbrewer_compare.run_slimformer(args.train_examples, 2, "cache", Path(tmp), "bf16")
-    on, off = (np.array(seconds[k]) * 1000 for k in (True, False))
-    d = off - on
+    textbrewer_compare.run_timed_row(args.train_examples)
+    on, off = (np.mean(seconds[k]) * 1000 for k in (True, False))
     from slimformer.hardware.cpu_features import cpu_name
 
     print(
-        f"{args.change} on {cpu_name()}: forward + backward {on.mean():.2f} ms with, "
-        f"{off.mean():.2f} ms without; saved {d.mean():.2f} ms a step "
-        f"(standard error {d.std() / np.sqrt(len(d)):.2f}, {len(d)} pairs)"
+        f"{args.change} on {cpu_name()}: forward + backward {on:.2f} ms with, {off:.2f} ms "
+        f"without; " + textbrewer_compare.paired_saving(seconds[False], seconds[True])
     )
 
 

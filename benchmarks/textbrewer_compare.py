@@ -175,6 +175,20 @@ class EpochSampler:
         return len(self.inner)
 
 
+def run_timed_row(train_examples: int = 8000) -> None:
+    """The `cache-bf16` row once (2 epochs, seed 0) in a scratch folder, for the scripts that
+    time its steps from inside (paired_step_ab.py and its kin)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        run_slimformer(train_examples, 2, "cache", Path(tmp), "bf16")
+
+
+def paired_saving(without: list[float], with_: list[float]) -> str:
+    """Paired step timings (seconds) -> 'saved X ms a step (standard error Y, N pairs)'."""
+    saved = (np.array(without) - np.array(with_)) * 1000
+    error = saved.std() / np.sqrt(len(saved))
+    return f"saved {saved.mean():.2f} ms a step (standard error {error:.2f}, {len(saved)} pairs)"
+
+
 def run_textbrewer(
     train_examples: int, epochs: int, work: Path, keep_freed_memory: bool = False, seed: int = 0
 ) -> dict:
