@@ -136,21 +136,20 @@ class LayerwiseDistiller:
         """From the state cache when it has the batch, else from a teacher forward (which
         fills the cache)."""
         cache = self.state_cache
-        if cache is not None:
-            idx = batch["idx"].cpu().numpy()
-            if not cache.missing(idx).any():
-                return self._cached(idx, batch)
-        rec = self._teacher_forward(batch)
         if cache is None:
-            return rec
+            return self._teacher_forward(batch)
+        idx = batch["idx"].cpu().numpy()
+        if not cache.missing(idx).any():
+            return self._cached(idx, batch)
         # the fp16 values written: cold and warm runs see the same
-        stored = cache.write(idx, rec, batch["attention_mask"])
+        stored = self.fill_cache(batch)
         return self._on_device(cache.unpack(stored, batch["attention_mask"]), batch)
 
-    def fill_cache(self, batch: dict) -> None:
-        """A teacher forward whose states go to the state cache only (nothing returned)."""
+    def fill_cache(self, batch: dict) -> torch.Tensor:
+        """A teacher forward whose states go to the state cache; returns the real tokens' rows
+        as stored (``TeacherStateCache.write``)."""
         rec = self._teacher_forward(batch)
-        self.state_cache.write(batch["idx"].cpu().numpy(), rec, batch["attention_mask"])
+        return self.state_cache.write(batch["idx"].cpu().numpy(), rec, batch["attention_mask"])
 
     def _teacher_forward(self, batch: dict) -> Recorder:
         """The teacher's forward on ``batch``, recorded; its outputs go to
