@@ -51,3 +51,16 @@ def test_fused_adamw_takes_the_folded_path(monkeypatch):
     _run(True, fold=True, max_norm=0.5)
     with pytest.raises(AssertionError, match="did not ride"):
         _run(False, fold=True, max_norm=0.5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_total_norm_is_the_norm_over_all_gradients(dtype):
+    from slimformer.train.clipping import total_norm
+
+    g = torch.Generator().manual_seed(0)
+    grads = [torch.randn(s, generator=g).to(dtype) for s in [(300, 7), (5,), (2, 3, 4), (1,)]]
+    grads.append(torch.randn(6, 4, generator=g).to(dtype).t())  # not contiguous
+    exact = torch.stack([x.double().square().sum() for x in grads]).sum().sqrt()
+    assert float(total_norm(grads)) == pytest.approx(
+        float(exact), rel=1e-6 if dtype == torch.float32 else 1e-2
+    )

@@ -318,7 +318,11 @@ def test_teacher_state_cache_matches_online_and_skips_the_teacher(tmp_path):
     expected = online.loss(batch, 0.0)[0].item()
     assert values[0] == values[1]  # the filling pass already reads back what it wrote
     assert values[1] == pytest.approx(expected, rel=1e-2)  # fp16 on disk
-    assert lw.state_cache.shape == (18, 48 * 3 + 2 * 2 * 48)  # 7+7+4 tokens, no padding
+    # 7+7+4 tokens, no padding: hidden states of 3 layers a token; the teacher's attention
+    # scores of 2 layers x 4 heads for each of the 7^2+7^2+4^2 pairs (not its q/k)
+    assert lw.state_cache.shape == (18, 48 * 3)
+    assert lw.state_cache.channels == 2 * 4
+    assert lw.state_cache.size_gb * 2**30 == 2 * (18 * 48 * 3 + 114 * 8)
 
 
 @pytest.mark.parametrize(
@@ -639,3 +643,87 @@ def test_teacher_pass_fills_the_state_cache_before_training(tmp_path):
     cached = lw.loss(batch, 0.0)[0].item()
     assert calls["n"] == passes  # served from the cache
     assert cached == pytest.approx(online.loss(batch, 0.0)[0].item(), rel=1e-2)  # fp16 on disk
+
+
+@pytest.mark.parametrize("rule", ["same", "regroup", "mean", "same-pruned"])
+def test_cached_teacher_attention_matches_the_online_terms(rule, tmp_path):
+    """The state cache keeps the fused attention terms' teacher side (probabilities for KL,
+    scores for MSE) instead of q/k where every mapped layer splits into the same heads; the
+    loss and gradients are the online ones up to fp16 on disk. Otherwise (mean over heads,
+    pruned layers with other head counts) it keeps q/k as before."""
+    import numpy as np
+
+    from slimformer.methods.distill.layerwise.config import IntermediateConfig
+    from slimformer.methods.distill.layerwise.distiller import LayerwiseDistiller
+    from slimformer.methods.distill.layerwise.state_cache import TeacherStateCache
+    from slimformer.models.prune import prune_heads
+    from slimformer.tasks import get_task
+
+    teacher = _tiny(hidden_size=48, num_hidden_layers=4)
+    student = _tiny(num_hidden_layers=2)
+    if rule == "same-pruned":  # student layer 1 <-> teacher layer 2: both keep 2 heads of 4
+        teacher, student = prune_heads(teacher, {1: [0, 1]}), prune_heads(student, {0: [2, 3]})
+    batch = _batch()
+    batch["idx"] = torch.tensor([2, 0, 1])
+    extra = {"relation_heads": 4, "heads": "regroup"} if rule == "regroup" else {}
+    if rule == "mean":
+        extra = {"heads": "mean"}
+    cfg = IntermediateConfig(
+        terms={"attention_kl": 1.0, "attention_mse": 0.5, "hidden_mse": 1.0}, **extra
+    )
+    forward = get_task("sequence-classification").forward
+    opener = lambda layout: TeacherStateCache(tmp_path, "t", "d", np.array([7, 7, 4]), layout)  # noqa: E731
+    cached = LayerwiseDistiller(cfg, student, lambda: teacher, forward, 0, opener)
+    online = LayerwiseDistiller(
+        cfg.model_copy(update={"teacher_states": "online"}), student, lambda: teacher, forward
+    )
+    kinds = {kind for kind, _, _ in cached.state_cache.pair_layout}
+    tokens = {kind for kind, _, _ in cached.state_cache.layout}
+    if rule in ("same", "regroup"):
+        assert kinds == {"probs", "scores"} and tokens == {"hidden"}
+        assert cached.state_cache.pair_heads == 4
+    else:
+        assert kinds == set() and tokens == {"hidden", "query", "key"}
+    student.train()
+    results = []
+    for lw in (cached, cached, online):  # the filling pass, a read, online
+        torch.manual_seed(1)  # the same dropout masks
+        with lw.student_recorder.record():
+            student(**{k: v for k, v in batch.items() if k not in ("labels", "idx")})
+        loss, logs = lw.loss(batch, 0.0)
+        params = [p for p in student.parameters() if p.requires_grad]
+        grads = torch.autograd.grad(loss, params, allow_unused=True)
+        results.append((loss, logs, grads))
+    (filled, _, g_filled), (read, logs, g_read), (expected, logs_online, g_online) = results
+    assert filled.item() == read.item()  # the filling pass gives what a read gives
+    for name in ("loss_attention_kl", "loss_attention_mse"):  # fp16 probabilities: ~1e-6 off
+        assert logs[name] == pytest.approx(logs_online[name], rel=2e-3, abs=1e-5)
+    for a, b, c in zip(g_filled, g_read, g_online, strict=True):
+        if a is None:
+            assert b is None and c is None
+            continue
+        assert torch.equal(a, b)
+        assert (a - c).norm() <= 1e-2 * c.norm()
+
+
+@pytest.mark.parametrize("padding", ["right", "left", "holes", "empty row"])
+def test_state_cache_pairs_round_trip_whatever_the_padding(padding):
+    """The teacher's attention pairs are stored example after example in (part, head, query,
+    key) order over the real tokens, and scattered back with zeros elsewhere: by slices where
+    each row's tokens are one run, by a boolean index otherwise; both give the same."""
+    from slimformer.methods.distill.layerwise.state_cache import _gather_pairs, _scatter_pairs
+
+    lengths = torch.tensor([5, 3, 4])
+    mask = torch.arange(5)[None] < lengths[:, None]
+    if padding == "left":
+        mask = mask.flip(1)
+    elif padding == "holes":
+        mask[0, 1] = False
+    elif padding == "empty row":
+        mask[1] = False
+    pairs = torch.randn(2, 3, 4, 5, 5)  # (parts, B, heads, L, L)
+    real = mask[None, :, None, :, None] & mask[None, :, None, None, :]
+    flat = _gather_pairs(pairs, mask)
+    expected = torch.cat([pairs[:, b][real[:, b].expand(2, 4, 5, 5)] for b in range(3)])
+    assert torch.equal(flat, expected)
+    assert torch.equal(_scatter_pairs(flat, mask, pairs.shape), pairs * real)

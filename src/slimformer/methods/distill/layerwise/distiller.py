@@ -13,14 +13,25 @@ from slimformer.errors import RecipeError
 from slimformer.methods.distill.layerwise.config import IntermediateConfig
 from slimformer.methods.distill.layerwise.mapping import layer_mapping
 from slimformer.methods.distill.layerwise.recorder import Recorder, attention_scores
-from slimformer.methods.distill.layerwise.state_cache import Internals, TeacherStateCache
+from slimformer.methods.distill.layerwise.state_cache import (
+    Internals,
+    Stored,
+    TeacherStateCache,
+)
 from slimformer.methods.distill.losses import LAYER_LOSSES
+from slimformer.methods.distill.losses.attention_from_projections import (
+    attention_term_from_teacher,
+    teacher_side,
+)
 from slimformer.methods.distill.schedules import value_at
 from slimformer.methods.distill.teacher_targets import frozen_for_precision, teacher_precision
 from slimformer.models.arch import arch_of, num_layers
 from slimformer.models.prune import blocks, head_size
 
 log = logging.getLogger("slimformer")
+
+# the state cache's name for each fused attention term's teacher side
+PAIR_FORMS = {"kl": "probs", "mse": "scores"}
 
 
 def hidden_width(model: PreTrainedModel) -> int:
@@ -87,18 +98,42 @@ class LayerwiseDistiller:
             torch.manual_seed(seed)
             self.projector = Projector(hidden, hidden_width(student), hidden_width(self._teacher))
         self._head_size = (head_size(student.config), head_size(self._teacher.config))
+        self._attention_layers = attention
+        # where the state cache keeps a term's teacher side: kind -> slice of Internals.pairs
+        self._pair_parts: dict[str, slice] = {}
+        self._pair_heads = 0
         self.state_cache = state_cache(self._layout(hidden, attention)) if state_cache else None
 
     def _layout(self, hidden: list[int], attention: list[int]) -> list[tuple[str, int, int]]:
-        """The teacher parts the losses read, with their widths (cache columns)."""
+        """The teacher parts the losses read, with their widths (cache columns); the fused
+        attention terms' teacher sides as pair parts (with their head count) where their heads
+        are the same in every mapped layer, else the q/k they are rebuilt from."""
         width = hidden_width(self._teacher)
-        query = arch_of(self._teacher.config).query
         layout = [("hidden", self.mapping[i], width) for i in hidden]
-        for i in attention:
-            t = self.mapping[i]
-            q_width = blocks(self._teacher)[t - 1].get_submodule(query).out_features
-            layout += [("query", t, q_width), ("key", t, q_width)]
+        heads = self._fused_heads(attention)
+        kinds = [t.attention_kind for t in self.terms.values() if t.needs == "attention"]
+        cached = [k for k in dict.fromkeys(kinds) if k is not None and heads is not None]
+        for n, kind in enumerate(cached):
+            self._pair_parts[kind] = slice(n * len(attention), (n + 1) * len(attention))
+            layout += [(PAIR_FORMS[kind], self.mapping[i], heads) for i in attention]
+        self._pair_heads = heads if cached else 0
+        if len(cached) < len(kinds):  # a term that rebuilds the teacher's side from q/k
+            query = arch_of(self._teacher.config).query
+            for i in attention:
+                t = self.mapping[i]
+                q_width = blocks(self._teacher)[t - 1].get_submodule(query).out_features
+                layout += [("query", t, q_width), ("key", t, q_width)]
         return layout
+
+    def _fused_heads(self, attention: list[int]) -> int | None:
+        """The head count the fused attention terms split every mapped layer into, or None
+        where they go layer by layer (heads: mean, or counts that differ between layers)."""
+        if not attention or self.cfg.heads == "mean":
+            return None
+        if self.cfg.heads == "regroup":
+            return self.cfg.relation_heads
+        counts = {heads_per_layer(self._teacher)[self.mapping[i] - 1] for i in attention}
+        return counts.pop() if len(counts) == 1 else None
 
     def _check_heads(self, student: PreTrainedModel, layers: list[int]) -> None:
         s_heads, t_heads = heads_per_layer(student), heads_per_layer(self._teacher)
@@ -145,11 +180,23 @@ class LayerwiseDistiller:
         stored = self.fill_cache(batch)
         return self._on_device(cache.unpack(stored, batch["attention_mask"]), batch)
 
-    def fill_cache(self, batch: dict) -> torch.Tensor:
-        """A teacher forward whose states go to the state cache; returns the real tokens' rows
-        as stored (``TeacherStateCache.write``)."""
+    def fill_cache(self, batch: dict) -> Stored:
+        """A teacher forward whose states go to the state cache; returns the values as stored
+        (``TeacherStateCache.write``)."""
         rec = self._teacher_forward(batch)
-        return self.state_cache.write(batch["idx"].cpu().numpy(), rec, batch["attention_mask"])
+        mask = batch["attention_mask"]
+        pairs = self._teacher_pairs(rec, mask) if self._pair_parts else None
+        return self.state_cache.write(batch["idx"].cpu().numpy(), rec, mask, pairs)
+
+    def _teacher_pairs(self, rec: Recorder, mask: torch.Tensor) -> torch.Tensor:
+        """The cached attention terms' teacher sides, (parts, B, heads, L, L) in the layout's
+        order."""
+        layers = [self.mapping[i] for i in self._attention_layers]
+        q = torch.stack([rec.query[t] for t in layers])
+        k = torch.stack([rec.key[t] for t in layers])
+        return torch.cat(
+            [teacher_side(kind, q, k, self._pair_heads, mask) for kind in self._pair_parts]
+        )
 
     def _teacher_forward(self, batch: dict) -> Recorder:
         """The teacher's forward on ``batch``, recorded; its outputs go to
@@ -176,6 +223,8 @@ class LayerwiseDistiller:
         for part in (internals.hidden, internals.query, internals.key):
             for k in part:
                 part[k] = part[k].to(device)
+        if internals.pairs is not None:
+            internals.pairs = internals.pairs.to(device)
         return internals
 
     def loss(
@@ -208,8 +257,20 @@ class LayerwiseDistiller:
 
     def _attention_values(self, term, student: Recorder, teacher, mask) -> torch.Tensor:
         """One value per mapped layer: from the q/k projections of all layers at once where the
-        term has that form and heads pair up one to one (same, regroup), else layer by layer
-        from the scores (mean over heads)."""
+        term has that form and heads pair up one to one (same, regroup), the teacher's side
+        as the state cache keeps it where it does, else layer by layer from the scores (mean
+        over heads)."""
+        pairs = getattr(teacher, "pairs", None)
+        if pairs is not None and term.attention_kind in self._pair_parts:
+            layers = self._attention_layers
+            return attention_term_from_teacher(
+                term.attention_kind,
+                torch.stack([student.query[m] for m in layers]),
+                torch.stack([student.key[m] for m in layers]),
+                pairs[self._pair_parts[term.attention_kind]],
+                self._pair_heads,
+                mask,
+            )
         layers = list(student.query)
         if term.from_projections is None or self.cfg.heads == "mean":
             return torch.stack([term.fn(*self._scores(student, teacher, m), mask) for m in layers])

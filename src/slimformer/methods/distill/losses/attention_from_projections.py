@@ -7,6 +7,8 @@ q/k of all layers, returns one value per layer, and writes the gradient of the s
 in closed form (KL: softmax(student) - teacher distribution; MSE: 2 (student - teacher)), so its
 backward is that product and two batched matmuls. Values and gradients are those of the
 per-layer terms (``attention_distribution_kl``, ``attention_score_mse``; tests/test_layerwise.py).
+The teacher's side comes either from its q/k or as computed once (``teacher_side``, kept in the
+layer-wise state cache).
 """
 
 import math
@@ -16,7 +18,7 @@ import torch
 from torch.autograd import Function
 
 from slimformer.errors import ModelError
-from slimformer.utils.fast_softmax import log_softmax
+from slimformer.utils.fast_softmax import log_softmax, softmax
 
 Kind = Literal["kl", "mse"]
 
@@ -56,36 +58,55 @@ def _exp_log_probs(log_probs: torch.Tensor) -> torch.Tensor:
     return log_probs.clamp(min=LOWEST_FAST_EXP).exp_()
 
 
+def _scores(q: torch.Tensor, k: torch.Tensor, heads: int, dtype: torch.dtype):
+    """Stacked (n, B, L, W) projections -> scaled scores (n, B, heads, L, L), and the split
+    q/k (n * B * heads, L, W / heads) they came from."""
+    n, b, length, _ = q.shape
+    qh, kh = split_heads(q, heads, dtype), split_heads(k, heads, dtype)
+    scores = torch.bmm(qh, kh.mT).mul_(1 / math.sqrt(qh.shape[-1]))
+    return scores.view(n, b, heads, length, length), qh, kh
+
+
+def teacher_side(
+    kind: Kind, query: torch.Tensor, key: torch.Tensor, heads: int, mask: torch.Tensor
+) -> torch.Tensor:
+    """What the term ``kind`` compares the student with, from stacked (n, B, L, W) teacher
+    projections, fp32 (n, B, heads, L, L): attention probabilities over the real keys (kl) or
+    scores (mse). The state cache keeps this instead of q/k (same values every epoch)."""
+    with torch.no_grad():
+        t, _, _ = _scores(query, key, heads, torch.promote_types(query.dtype, torch.float32))
+        if kind == "mse":
+            return t
+        padding_keys = ~mask.bool()[None, :, None, None, :]
+        return softmax(t.masked_fill_(padding_keys, torch.finfo(t.dtype).min), -1)
+
+
 class _AttentionTerm(Function):
     @staticmethod
-    def forward(ctx, kind: Kind, mask, heads, q_s, k_s, q_t, k_t):
+    def forward(ctx, kind: Kind, mask, heads, q_s, k_s, teacher):
         dtype = torch.promote_types(q_s.dtype, torch.float32)  # fp32 under bf16 autocast
-        n, b, length, _ = q_s.shape
         real = mask.to(dtype)  # (B, L)
-        qh, kh = split_heads(q_s, heads, dtype), split_heads(k_s, heads, dtype)
-        scale_s = 1 / math.sqrt(qh.shape[-1])
-        scale_t = 1 / math.sqrt(q_t.shape[-1] // heads)
-        s = torch.bmm(qh, kh.transpose(1, 2)).mul_(scale_s).view(n, b, heads, length, length)
-        t = torch.bmm(split_heads(q_t, heads, dtype), split_heads(k_t, heads, dtype).mT)
-        t = t.mul_(scale_t).view(n, b, heads, length, length)
+        s, qh, kh = _scores(q_s, k_s, heads, dtype)
+        # the teacher's side may be fp16 (the state cache): the products below promote it
         if kind == "kl":  # KL(teacher || student) per real query row, padding keys left out
             padding_keys = ~mask.bool()[None, :, None, None, :]
-            neg = torch.finfo(dtype).min
-            log_s = log_softmax(s.masked_fill_(padding_keys, neg), -1)
-            log_t = log_softmax(t.masked_fill_(padding_keys, neg), -1)
-            p_t = _exp_log_probs(log_t)
-            per_row = (log_t - log_s).mul_(p_t).sum(-1)  # (n, B, heads, L)
-            count = real.sum().clamp(min=1.0) * heads
-            values = (per_row * real[None, :, None, :]).sum((1, 2, 3)) / count
+            log_s = log_softmax(s.masked_fill_(padding_keys, torch.finfo(dtype).min), -1)
             weights = real[None, :, None, :, None]  # the rows that count
+            p_t = teacher.mul(weights)
+            # p_t = 0 (padding keys, padding rows) gives 0 x finite: log_s is a finite minimum
+            # there, and log p_t is clamped (torch's xlogy is not vectorised on CPU: 2.5x)
+            log_t = p_t.clamp(min=torch.finfo(dtype).tiny).log_()
+            per_pair = log_t.sub_(log_s).mul_(p_t)
+            count = real.sum().clamp(min=1.0) * heads
+            values = per_pair.sum((1, 2, 3, 4)) / count
             ctx.save_for_backward(qh, kh, log_s, p_t, weights)
         else:  # squared error of the scores over pairs of real tokens
             pairs = pair_mask(mask).to(dtype)[None]  # (1, B, 1, L, L)
-            diff = (s - t).mul_(pairs)
+            diff = (s - teacher).mul_(pairs)
             count = pairs.sum().clamp(min=1.0) * heads
             values = diff.square().sum((1, 2, 3, 4)) / count
             ctx.save_for_backward(qh, kh, diff)
-        ctx.kind, ctx.count, ctx.scale = kind, count, scale_s
+        ctx.kind, ctx.count, ctx.scale = kind, count, 1 / math.sqrt(qh.shape[-1])
         ctx.shapes = (q_s.shape, q_s.dtype, k_s.dtype)
         return values
 
@@ -102,7 +123,7 @@ class _AttentionTerm(Function):
         g_scores = g_scores.view(-1, *g_scores.shape[-2:])
         g_q = _merge_heads(torch.bmm(g_scores, kh), shape).to(q_dtype)
         g_k = _merge_heads(torch.bmm(g_scores.mT, qh), shape).to(k_dtype)
-        return None, None, None, g_q, g_k, None, None
+        return None, None, None, g_q, g_k, None
 
 
 def attention_term(
@@ -117,12 +138,18 @@ def attention_term(
     """Per-layer values (n,) of the attention term ``kind`` between stacked projections
     (n, B, L, W_student) / (n, B, L, W_teacher), both split into ``heads`` heads, over the
     token mask (B, L). The teacher's side takes no gradient."""
-    return _AttentionTerm.apply(
-        kind,
-        mask,
-        heads,
-        student_query,
-        student_key,
-        teacher_query.detach(),
-        teacher_key.detach(),
-    )
+    teacher = teacher_side(kind, teacher_query, teacher_key, heads, mask)
+    return _AttentionTerm.apply(kind, mask, heads, student_query, student_key, teacher)
+
+
+def attention_term_from_teacher(
+    kind: Kind,
+    student_query: torch.Tensor,
+    student_key: torch.Tensor,
+    teacher: torch.Tensor,
+    heads: int,
+    mask: torch.Tensor,
+) -> torch.Tensor:
+    """``attention_term`` with the teacher's side given (``teacher_side``'s form, n, B, heads,
+    L, L; values off the real pairs are not read)."""
+    return _AttentionTerm.apply(kind, mask, heads, student_query, student_key, teacher.detach())

@@ -25,6 +25,9 @@ def attention_distribution_kl(
 
 LAYER_LOSSES.register("attention_kl")(
     LayerLoss(
-        "attention", attention_distribution_kl, from_projections=partial(attention_term, "kl")
+        "attention",
+        attention_distribution_kl,
+        from_projections=partial(attention_term, "kl"),
+        attention_kind="kl",
     )
 )

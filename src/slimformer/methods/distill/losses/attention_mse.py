@@ -21,5 +21,10 @@ def attention_score_mse(
 
 
 LAYER_LOSSES.register("attention_mse")(
-    LayerLoss("attention", attention_score_mse, from_projections=partial(attention_term, "mse"))
+    LayerLoss(
+        "attention",
+        attention_score_mse,
+        from_projections=partial(attention_term, "mse"),
+        attention_kind="mse",
+    )
 )

@@ -32,6 +32,9 @@ class LayerLoss:
     # projections: (q_s, k_s, q_t, k_t, heads, mask) -> one value per layer (faster; see
     # attention_from_projections.py). None: the layers go through ``fn`` one by one.
     from_projections: Callable[..., torch.Tensor] | None = None
+    # with ``from_projections``: the fused term's kind (kl / mse), whose teacher side the
+    # layer-wise state cache can keep as computed (attention_from_projections.teacher_side)
+    attention_kind: Literal["kl", "mse"] | None = None
 
 
 LAYER_LOSSES: Registry[LayerLoss] = Registry("layer-wise term")
