@@ -194,9 +194,8 @@ class LayerwiseDistiller:
         layers = [self.mapping[i] for i in self._attention_layers]
         q = torch.stack([rec.query[t] for t in layers])
         k = torch.stack([rec.key[t] for t in layers])
-        return torch.cat(
-            [teacher_side(kind, q, k, self._pair_heads, mask) for kind in self._pair_parts]
-        )
+        sides = [teacher_side(kind, q, k, self._pair_heads, mask) for kind in self._pair_parts]
+        return sides[0] if len(sides) == 1 else torch.cat(sides)
 
     def _teacher_forward(self, batch: dict) -> Recorder:
         """The teacher's forward on ``batch``, recorded; its outputs go to
