@@ -31,8 +31,8 @@ class IntermediateConfig(StrictConfig):
         "cache",
         description="teacher hidden states/attention: computed once before training (one "
         "pass in length-sorted batches), kept on disk in fp16 and read back in every epoch and "
-        "later runs (cache; measured faster), or recomputed every batch (online: no disk, "
-        "~10 KB per token saved otherwise)",
+        "later runs (cache; measured faster), or recomputed every batch (online: no disk; "
+        "the cache takes ~4.4 KB a token for SST-2 and a 3-layer student)",
     )
 
     @field_validator("terms")
