@@ -430,15 +430,16 @@ def test_bf16_teacher_copy_gives_autocast_bits_and_leaves_the_teacher_fp32():
         assert torch.equal(a, b)
 
 
-def test_teacher_state_cache_names_a_damaged_file(tmp_path):
+@pytest.mark.parametrize("name", ["states.npy", "pairs.npy"])
+def test_teacher_state_cache_names_a_damaged_file(tmp_path, name):
     import numpy as np
 
     from slimformer.errors import DataError
     from slimformer.methods.distill.layerwise.state_cache import TeacherStateCache
 
-    lengths, layout = np.array([3, 2]), [("hidden", 1, 4)]
+    lengths, layout = np.array([3, 2]), [("hidden", 1, 4), ("probs", 1, 2)]
     cache = TeacherStateCache(tmp_path, "t", "d", lengths, layout)
-    path = cache.dir / "states.npy"
+    path = cache.dir / name
     cache.close()
     with open(path, "r+b") as f:  # cut the last rows off
         f.truncate(path.stat().st_size - 8)
@@ -645,7 +646,7 @@ def test_teacher_pass_fills_the_state_cache_before_training(tmp_path):
     assert cached == pytest.approx(online.loss(batch, 0.0)[0].item(), rel=1e-2)  # fp16 on disk
 
 
-@pytest.mark.parametrize("rule", ["same", "regroup", "mean", "same-pruned"])
+@pytest.mark.parametrize("rule", ["same", "regroup", "mean", "same-pruned", "regroup-pruned"])
 def test_cached_teacher_attention_matches_the_online_terms(rule, tmp_path):
     """The state cache keeps the fused attention terms' teacher side (probabilities for KL,
     scores for MSE) instead of q/k where every mapped layer splits into the same heads; the
@@ -663,9 +664,12 @@ def test_cached_teacher_attention_matches_the_online_terms(rule, tmp_path):
     student = _tiny(num_hidden_layers=2)
     if rule == "same-pruned":  # student layer 1 <-> teacher layer 2: both keep 2 heads of 4
         teacher, student = prune_heads(teacher, {1: [0, 1]}), prune_heads(student, {0: [2, 3]})
+    if rule == "regroup-pruned":  # the student's layers differ in width: one call per layer
+        student = prune_heads(student, {0: [2, 3]})
     batch = _batch()
     batch["idx"] = torch.tensor([2, 0, 1])
-    extra = {"relation_heads": 4, "heads": "regroup"} if rule == "regroup" else {}
+    regroup = rule.startswith("regroup")
+    extra = {"relation_heads": 4, "heads": "regroup"} if regroup else {}
     if rule == "mean":
         extra = {"heads": "mean"}
     cfg = IntermediateConfig(
@@ -679,7 +683,7 @@ def test_cached_teacher_attention_matches_the_online_terms(rule, tmp_path):
     )
     kinds = {kind for kind, _, _ in cached.state_cache.pair_layout}
     tokens = {kind for kind, _, _ in cached.state_cache.layout}
-    if rule in ("same", "regroup"):
+    if rule in ("same", "regroup", "regroup-pruned"):
         assert kinds == {"probs", "scores"} and tokens == {"hidden"}
         assert cached.state_cache.pair_heads == 4
     else:

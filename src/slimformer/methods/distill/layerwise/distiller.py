@@ -261,15 +261,7 @@ class LayerwiseDistiller:
         over heads)."""
         pairs = getattr(teacher, "pairs", None)
         if pairs is not None and term.attention_kind in self._pair_parts:
-            layers = self._attention_layers
-            return attention_term_from_teacher(
-                term.attention_kind,
-                torch.stack([student.query[m] for m in layers]),
-                torch.stack([student.key[m] for m in layers]),
-                pairs[self._pair_parts[term.attention_kind]],
-                self._pair_heads,
-                mask,
-            )
+            return self._from_cached_side(term.attention_kind, student, pairs, mask)
         layers = list(student.query)
         if term.from_projections is None or self.cfg.heads == "mean":
             return torch.stack([term.fn(*self._scores(student, teacher, m), mask) for m in layers])
@@ -291,6 +283,25 @@ class LayerwiseDistiller:
             [
                 term.from_projections(*(p[i][None] for p in parts), heads[i], mask)
                 for i in range(len(layers))
+            ]
+        )
+
+    def _from_cached_side(self, kind: str, student: Recorder, pairs, mask) -> torch.Tensor:
+        """The fused term against the teacher's side from the state cache: all layers in one
+        call, or one call per layer where the student's layers differ in width (pruned)."""
+        side = pairs[self._pair_parts[kind]]  # (layers, B, heads, L, L)
+        q = [student.query[m] for m in self._attention_layers]
+        k = [student.key[m] for m in self._attention_layers]
+        if len({x.shape for x in q + k}) == 1:
+            return attention_term_from_teacher(
+                kind, torch.stack(q), torch.stack(k), side, self._pair_heads, mask
+            )
+        return torch.cat(
+            [
+                attention_term_from_teacher(
+                    kind, q[i][None], k[i][None], side[i : i + 1], self._pair_heads, mask
+                )
+                for i in range(len(q))
             ]
         )
 

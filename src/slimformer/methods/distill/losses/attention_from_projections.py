@@ -150,6 +150,7 @@ def attention_term_from_teacher(
     heads: int,
     mask: torch.Tensor,
 ) -> torch.Tensor:
-    """``attention_term`` with the teacher's side given (``teacher_side``'s form, n, B, heads,
-    L, L; values off the real pairs are not read)."""
+    """``attention_term`` with the teacher's side given in ``teacher_side``'s form (n, B,
+    heads, L, L). For KL its padding keys must hold 0, as ``teacher_side`` and the state cache
+    give them; its padding rows, and MSE's pairs with padding, are not read."""
     return _AttentionTerm.apply(kind, mask, heads, student_query, student_key, teacher.detach())
