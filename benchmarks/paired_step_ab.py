@@ -70,10 +70,11 @@ def main() -> None:
         distillers.append(self)
 
     clamped_exp = attention_from_projections._exp_log_probs
-    counted_pairs = attention_from_projections._counted_pairs
+    pair_mask = attention_from_projections.pair_mask
 
-    def counted_rows(real: torch.Tensor) -> torch.Tensor:
-        return real[None, :, None, :, None]
+    def query_rows(mask: torch.Tensor) -> torch.Tensor:
+        """(B, 1, L, 1): the real query rows only, what the KL term was multiplied by before."""
+        return mask.bool()[:, None, :, None].float()
 
     from_cache = distiller.LayerwiseDistiller._attention_values
     teacher_qk = Internals()  # the batch's teacher q/k (fp16, as the cache held them) for off
@@ -109,7 +110,7 @@ def main() -> None:
         if args.change in ("cached-attention-side", "fused-attention"):
             distiller.LayerwiseDistiller._attention_values = from_cache if on else from_qk
         elif args.change == "zero-padding-keys":
-            attention_from_projections._counted_pairs = counted_pairs if on else counted_rows
+            attention_from_projections.pair_mask = pair_mask if on else query_rows
         elif args.change == "fast-exp":
             attention_from_projections._exp_log_probs = clamped_exp if on else torch.exp
         else:  # short-softmax

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from slimformer.errors import DataError
+from slimformer.methods.distill.losses.attention_from_projections import pair_mask
 from slimformer.utils.hashing import fingerprint_arrays
 
 TOKEN_KINDS = ("hidden", "query", "key")
@@ -249,7 +250,7 @@ def _real_ranges(mask: torch.Tensor) -> list[tuple[int, int]] | None:
 
 def _pair_rows(mask: torch.Tensor, b: int, channels: int, length: int) -> torch.Tensor:
     """(B, channels, L, L) mask of the real (query, key) pairs."""
-    return (mask[:, None, :, None] & mask[:, None, None, :]).expand(b, channels, length, length)
+    return pair_mask(mask).bool().expand(b, channels, length, length)
 
 
 def _gather_pairs(pairs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

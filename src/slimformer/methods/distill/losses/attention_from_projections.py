@@ -62,12 +62,6 @@ def _exp_log_probs(log_probs: torch.Tensor) -> torch.Tensor:
     return log_probs.clamp(min=LOWEST_FAST_EXP).exp_()
 
 
-def _counted_pairs(real: torch.Tensor) -> torch.Tensor:
-    """(B, L) real-token weights -> (1, B, 1, L, L): 1 where query and key are real. The KL
-    gradient is multiplied by it, so its padding keys are exactly 0 (see _exp_log_probs)."""
-    return real[None, :, None, :, None] * real[None, :, None, None, :]
-
-
 def _scores(q: torch.Tensor, k: torch.Tensor, heads: int, dtype: torch.dtype):
     """Stacked (n, B, L, W) projections -> scaled scores (n, B, heads, L, L), and the split
     q/k (n * B * heads, L, W / heads) they came from."""
@@ -101,7 +95,9 @@ class _AttentionTerm(Function):
         if kind == "kl":  # KL(teacher || student) per real query row, padding keys left out
             padding_keys = ~mask.bool()[None, :, None, None, :]
             log_s = log_softmax(s.masked_fill_(padding_keys, torch.finfo(dtype).min), -1)
-            weights = _counted_pairs(real)
+            # the pairs that count, real query and real key: the gradient is multiplied by
+            # them, so its padding keys are exactly 0 (see _exp_log_probs)
+            weights = pair_mask(mask).to(dtype)[None]  # (1, B, 1, L, L)
             p_t = teacher.mul(weights)
             # p_t = 0 (padding keys, padding rows) gives 0 x finite: log_s is a finite minimum
             # there, and log p_t is clamped (torch's xlogy is not vectorised on CPU: 2.5x)
