@@ -321,12 +321,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="run the rows this many times, every other round in reverse order (A B, B A, ...): "
         "this guest's speed drifts, so ratios are taken within a round",
     )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=2,
+        help="torch's intra-op threads for both libraries (this project's machine has 2 cores)",
+    )
     args = p.parse_args(argv)
     unknown = [n for n in args.rows.split(",") if n not in ROWS]
     if unknown:
         p.error(f"unknown rows {unknown}; known: {', '.join(ROWS)}")
     if args.rounds < 1:
         p.error(f"--rounds must be 1 or more, got {args.rounds}")
+    if args.threads < 1:
+        p.error(f"--threads must be 1 or more, got {args.threads}")
     try:
         args.seeds = [int(x) for x in args.seeds.split(",")]
     except ValueError:
@@ -337,7 +345,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     names = args.rows.split(",")
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     from slimformer.hardware.cpu_features import cpu_name
 
     rows = []

@@ -20,6 +20,7 @@ def _textbrewer_compare():
     [
         (["--rows", "textbrewer,nope"], "unknown rows ['nope']"),
         (["--rounds", "0"], "--rounds"),
+        (["--threads", "0"], "--threads must be 1 or more"),
         (["--seeds", "0,x"], "--seeds must be comma-separated integers"),
     ],
 )
@@ -34,6 +35,7 @@ def test_textbrewer_compare_defaults_run_every_row_once():
     module = _textbrewer_compare()
     args = module.parse_args([])
     assert args.rows.split(",") == list(module.ROWS) and args.rounds == 1 and args.seeds == [0]
+    assert args.threads == 2
     assert module.parse_args(["--seeds", "0,1,2"]).seeds == [0, 1, 2]
 
 
