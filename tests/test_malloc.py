@@ -17,24 +17,34 @@ FAULTS_PER_ALLOCATION = """
 import resource, sys, torch
 from slimformer.utils.malloc import keep_freed_memory
 
-def allocate():  # a 64 MB step buffer: allocated, touched, freed
-    torch.ones(16 * 1024 * 1024).sum()
+mode, megabytes = sys.argv[1], int(sys.argv[2])
 
-with keep_freed_memory(sys.argv[1] == "on") as applied:
-    assert applied == (sys.argv[1] == "on")
+def allocate():  # a step buffer: allocated, touched, freed
+    torch.ones(megabytes * 1024 * 1024 // 4).sum()
+
+def faults_per_page():
     for _ in range(10):  # the heap settles after a few rounds
         allocate()
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     for _ in range(10):
         allocate()
     faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 10
-print(faults / (64 * 1024 * 1024 / resource.getpagesize()))
+    return faults / (megabytes * 1024 * 1024 / resource.getpagesize())
+
+if mode == "after":  # a training block came and went; then other work in the same process
+    with keep_freed_memory(True):
+        allocate()
+    print(faults_per_page())
+else:
+    with keep_freed_memory(mode == "on") as applied:
+        assert applied == (mode == "on")
+        print(faults_per_page())
 """
 
 
-def pages_faulted_per_allocation(mode: str) -> float:
+def pages_faulted_per_allocation(mode: str, megabytes: int = 64) -> float:
     out = subprocess.run(
-        [sys.executable, "-c", FAULTS_PER_ALLOCATION, mode],
+        [sys.executable, "-c", FAULTS_PER_ALLOCATION, mode, str(megabytes)],
         capture_output=True,
         text=True,
         check=True,
@@ -48,3 +58,12 @@ def test_freed_big_blocks_are_reused_inside_the_block():
 
 def test_disabled_leaves_the_allocator_alone():
     assert pages_faulted_per_allocation("off") > 0.7  # unmapped on free, faulted in again
+
+
+def test_after_the_block_mid_size_blocks_still_come_from_the_heap():
+    # glibc's static 128 KB threshold would mmap and fault in every 4 MB buffer again
+    assert pages_faulted_per_allocation("after", megabytes=4) < 0.3
+
+
+def test_after_the_block_huge_blocks_go_back_to_the_os():
+    assert pages_faulted_per_allocation("after", megabytes=64) > 0.7

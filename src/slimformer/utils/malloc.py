@@ -6,6 +6,14 @@ training step frees and re-allocates the same big tensors each time (the dense g
 in and zeroed again. Measured on a 3-layer MiniLM student (bf16, batch 32, 2 cores): ~22,000
 page faults and ~50 ms of a ~220 ms step. With mmap off and a high trim threshold the memory is
 reused from the heap (~0 faults), as jemalloc/tcmalloc would do. Other C libraries: no-op.
+
+Leaving the block cannot give glibc its dynamic mmap threshold back: any ``mallopt`` of these
+parameters switches it off for good. Its static default (128 KB) would then ``mmap`` and unmap
+every block over 128 KB for the rest of the process, which made a forward of the SST-2 teacher
+35-50% slower and TextBrewer's training 9-17% slower in the same process (docs/benchmarks.md).
+So the block ends on the values the dynamic threshold settles at in a process that frees big
+tensors: blocks up to 32 MB (64-bit) come from the heap, and free heap memory over 64 MB is
+returned to the OS.
 """
 
 import ctypes
@@ -17,10 +25,14 @@ from contextlib import contextmanager
 
 log = logging.getLogger("slimformer")
 
-# mallopt parameters (malloc.h) and glibc's defaults, restored afterwards
-M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
-DEFAULT_TRIM_THRESHOLD, DEFAULT_MMAP_MAX = 128 * 1024, 65536
+# mallopt parameters (malloc.h)
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_MMAP_MAX = -1, -3, -4
 KEPT_TRIM_THRESHOLD = 1 << 30  # return heap memory to the OS only above 1 GiB free at its top
+# afterwards: where glibc's dynamic threshold settles (its DEFAULT_MMAP_THRESHOLD_MAX, and the
+# trim threshold it keeps at twice that), and its default count of mmapped blocks
+SETTLED_MMAP_THRESHOLD = 4 * 1024 * 1024 * ctypes.sizeof(ctypes.c_long)
+SETTLED_TRIM_THRESHOLD = 2 * SETTLED_MMAP_THRESHOLD
+DEFAULT_MMAP_MAX = 65536
 
 
 def _glibc() -> ctypes.CDLL | None:
@@ -35,8 +47,9 @@ def _glibc() -> ctypes.CDLL | None:
 @contextmanager
 def keep_freed_memory(enabled: bool = True) -> Iterator[bool]:
     """Within the block, big allocations come from the heap and freed memory stays there;
-    afterwards glibc's defaults are set again (memory already in the heap stays there, and
-    glibc's dynamic mmap threshold stays off). Yields whether the setting took effect."""
+    afterwards blocks over 32 MB are mmapped again and free heap memory over 64 MB goes back
+    to the OS (glibc's settled dynamic values, see above). Yields whether the setting took
+    effect."""
     libc = _glibc() if enabled else None
     applied = bool(libc) and all(
         libc.mallopt(p, v) == 1
@@ -48,5 +61,6 @@ def keep_freed_memory(enabled: bool = True) -> Iterator[bool]:
         yield applied
     finally:
         if applied:
+            libc.mallopt(M_MMAP_THRESHOLD, SETTLED_MMAP_THRESHOLD)
+            libc.mallopt(M_TRIM_THRESHOLD, SETTLED_TRIM_THRESHOLD)
             libc.mallopt(M_MMAP_MAX, DEFAULT_MMAP_MAX)
-            libc.mallopt(M_TRIM_THRESHOLD, DEFAULT_TRIM_THRESHOLD)
