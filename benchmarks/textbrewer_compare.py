@@ -1,6 +1,7 @@
 """Layer-wise KD side by side with TextBrewer (issue 3): same teacher, student, data, batch size,
-epochs, the same batches and the same optimizer (slimformer's AdamW set-up), in the same process
-one after the other.
+epochs, the same batches and the same optimizer (slimformer's AdamW set-up), one after the other,
+each row in a fresh Python process: what one run leaves in a process (glibc's malloc thresholds
+above all) must not time the next.
 
 Teacher ../shared/models/minilm-l6-sst2; student = its layers 0, 3, 5 (copied); SST-2 training
 rows (a seeded sample of --train-examples); TinyBERT-style objective in both: hidden-state MSE at
@@ -36,6 +37,8 @@ and the dropout masks in both libraries): one seed's dev accuracy moves by a few
 
 import argparse
 import json
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -295,6 +298,27 @@ ROWS = {  # name -> (train_examples, epochs, work, seed) -> row
 }
 
 
+def run_row_isolated(
+    name: str, train_examples: int, epochs: int, work: Path, seed: int, threads: int
+) -> dict:
+    """One row in a fresh interpreter. A row run after another in the same process inherits
+    its state: after slimformer's training block, glibc's malloc used to mmap every block
+    over 128 KB (TextBrewer's run then took 9-17% longer), and oneDNN's kernel caches and
+    torch's thread pool are warm or not depending on the row before."""
+    out = work / f"{name}-row.json"
+    subprocess.run(
+        [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            *("--run-row", name, "--seeds", str(seed), "--threads", str(threads)),
+            *("--train-examples", str(train_examples), "--epochs", str(epochs)),
+            *("--work", str(work), "--out", str(out)),
+        ],
+        check=True,
+    )
+    return json.loads(out.read_text())
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The options, checked before any model is loaded."""
     p = argparse.ArgumentParser(
@@ -327,6 +351,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=2,
         help="torch's intra-op threads for both libraries (this project's machine has 2 cores)",
     )
+    # the child process of run_row_isolated: one row, its result to --out
+    p.add_argument("--run-row", choices=list(ROWS), help=argparse.SUPPRESS)
+    p.add_argument("--work", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     unknown = [n for n in args.rows.split(",") if n not in ROWS]
     if unknown:
@@ -346,6 +373,10 @@ def main() -> None:
     args = parse_args()
     names = args.rows.split(",")
     torch.set_num_threads(args.threads)
+    if args.run_row:
+        row = ROWS[args.run_row](args.train_examples, args.epochs, Path(args.work), args.seeds[0])
+        Path(args.out).write_text(json.dumps(row))
+        return
     from slimformer.hardware.cpu_features import cpu_name
 
     rows = []
@@ -353,7 +384,12 @@ def main() -> None:
     for r, seed in enumerate(rounds):
         order = names if r % 2 == 0 else names[::-1]
         with tempfile.TemporaryDirectory() as tmp:  # every row starts cold: the teacher runs
-            done = {n: ROWS[n](args.train_examples, args.epochs, Path(tmp), seed) for n in order}
+            done = {
+                n: run_row_isolated(
+                    n, args.train_examples, args.epochs, Path(tmp), seed, args.threads
+                )
+                for n in order
+            }
         base = done[names[0]]["samples_per_s"]
         for n in names:
             done[n].update(round=r + 1, seed=seed)

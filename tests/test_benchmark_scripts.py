@@ -41,3 +41,35 @@ def test_textbrewer_compare_defaults_run_every_row_once():
 
 def test_textbrewer_compare_recipe_takes_the_seed():
     assert _textbrewer_compare().recipe(100, 1, "cache", "bf16", seed=2)["seed"] == 2
+
+
+def test_textbrewer_compare_runs_each_row_in_its_own_process(tmp_path, monkeypatch):
+    """A row's child process gets the row, seed, threads and sizes; its result comes back."""
+    module = _textbrewer_compare()
+    calls = []
+
+    def fake_run(cmd, check):
+        calls.append(cmd)
+        out = Path(cmd[cmd.index("--out") + 1])
+        out.write_text('{"library": "x", "samples_per_s": 1.0}')
+
+    monkeypatch.setattr(module.subprocess, "run", fake_run)
+    row = module.run_row_isolated("cache-bf16", 100, 1, tmp_path, seed=3, threads=1)
+    assert row == {"library": "x", "samples_per_s": 1.0}
+    child = module.parse_args(calls[0][2:])
+    assert (child.run_row, child.seeds, child.threads) == ("cache-bf16", [3], 1)
+    assert (child.train_examples, child.epochs, child.work) == (100, 1, str(tmp_path))
+
+
+def test_textbrewer_compare_child_runs_one_row(tmp_path, monkeypatch):
+    module = _textbrewer_compare()
+    seen = []
+    monkeypatch.setitem(
+        module.ROWS, "textbrewer", lambda n, e, w, s: seen.append((n, e, w, s)) or {"ok": 1}
+    )
+    out = tmp_path / "row.json"
+    argv = ["--run-row", "textbrewer", "--seeds", "2", "--train-examples", "10", "--epochs", "1"]
+    argv += ["--work", str(tmp_path), "--out", str(out)]
+    monkeypatch.setattr(module.sys, "argv", ["textbrewer_compare.py", *argv])
+    module.main()
+    assert seen == [(10, 1, tmp_path, 2)] and out.read_text() == '{"ok": 1}'
