@@ -303,7 +303,7 @@ def run_row_isolated(
 ) -> dict:
     """One row in a fresh interpreter. A row run after another in the same process inherits
     its state: after slimformer's training block, glibc's malloc used to mmap every block
-    over 128 KB (TextBrewer's run then took 9-17% longer), and oneDNN's kernel caches and
+    over 128 KB (TextBrewer's run then took 10-17% longer), and oneDNN's kernel caches and
     torch's thread pool are warm or not depending on the row before."""
     out = work / f"{name}-row.json"
     subprocess.run(

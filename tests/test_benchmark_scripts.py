@@ -5,14 +5,18 @@ from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "textbrewer_compare.py"
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
-def _textbrewer_compare():
-    spec = importlib.util.spec_from_file_location("textbrewer_compare", SCRIPT)
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _textbrewer_compare():
+    return _script("textbrewer_compare")
 
 
 @pytest.mark.parametrize(
@@ -73,3 +77,19 @@ def test_textbrewer_compare_child_runs_one_row(tmp_path, monkeypatch):
     monkeypatch.setattr(module.sys, "argv", ["textbrewer_compare.py", *argv])
     module.main()
     assert seen == [(10, 1, tmp_path, 2)] and out.read_text() == '{"ok": 1}'
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--states", "fresh,nope"], "unknown states ['nope']"),
+        (["--rounds", "0"], "--rounds must be 1 or more"),
+        (["--workload", "nope"], "invalid choice"),
+    ],
+)
+def test_malloc_state_refuses_bad_options(argv, message, capsys, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))  # it imports textbrewer_compare
+    with pytest.raises(SystemExit) as exit_info:
+        _script("malloc_state").parse_args(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err

@@ -9,8 +9,9 @@ reused from the heap (~0 faults), as jemalloc/tcmalloc would do. Other C librari
 
 Leaving the block cannot give glibc its dynamic mmap threshold back: any ``mallopt`` of these
 parameters switches it off for good. Its static default (128 KB) would then ``mmap`` and unmap
-every block over 128 KB for the rest of the process, which made a forward of the SST-2 teacher
-35-50% slower and TextBrewer's training 9-17% slower in the same process (docs/benchmarks.md).
+every block over 128 KB for the rest of the process: the SST-2 teacher's forward then took
+1.3-1.9x as long, and TextBrewer's training 10-17% longer, in the same process
+(benchmarks/malloc_state.py, docs/benchmarks.md).
 So the block ends on the values the dynamic threshold settles at in a process that frees big
 tensors: blocks up to 32 MB (64-bit) come from the heap, and free heap memory over 64 MB is
 returned to the OS.
