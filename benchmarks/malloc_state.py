@@ -22,7 +22,6 @@ training seconds).
 """
 
 import argparse
-import ctypes
 import json
 import subprocess
 import sys
@@ -43,8 +42,10 @@ WORKLOADS = ("teacher-forward", "textbrewer")
 
 
 def enter_state(state: str, stack: ExitStack) -> None:
-    libc = ctypes.CDLL("libc.so.6")
     if state == "static-128k":  # the block's old exit: glibc's static defaults
+        libc = malloc._glibc()
+        if libc is None:
+            raise SystemExit("malloc_state.py needs glibc (the states are glibc's)")
         libc.mallopt(malloc.M_TRIM_THRESHOLD, 128 * 1024)
         libc.mallopt(malloc.M_MMAP_MAX, malloc.DEFAULT_MMAP_MAX)
     elif state == "in-block":
