@@ -93,3 +93,24 @@ def test_malloc_state_refuses_bad_options(argv, message, capsys, monkeypatch):
         _script("malloc_state").parse_args(argv)
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--shapes", "32x26,nope"], "shape 'nope' must be BATCHxTOKENS"),
+        (["--shapes", "0x26"], "needs a batch and tokens of 1 or more"),
+        (["--steps", "0"], "--steps and --rounds must be 1 or more"),
+    ],
+)
+def test_student_step_overhead_refuses_bad_options(argv, message, capsys, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))  # it imports textbrewer_compare
+    with pytest.raises(SystemExit) as exit_info:
+        _script("student_step_overhead").parse_args(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_student_step_overhead_defaults():
+    args = _script("student_step_overhead").parse_args([])
+    assert args.shapes == [(1, 2), (32, 26)] and (args.steps, args.rounds) == (30, 2)
