@@ -80,33 +80,20 @@ def test_textbrewer_compare_child_runs_one_row(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize(
-    ("argv", "message"),
+    ("script", "argv", "message"),
     [
-        (["--states", "fresh,nope"], "unknown states ['nope']"),
-        (["--rounds", "0"], "--rounds must be 1 or more"),
-        (["--workload", "nope"], "invalid choice"),
+        ("malloc_state", ["--states", "fresh,nope"], "unknown states ['nope']"),
+        ("malloc_state", ["--rounds", "0"], "--rounds must be 1 or more"),
+        ("malloc_state", ["--workload", "nope"], "invalid choice"),
+        ("student_step_overhead", ["--shapes", "32x26,nope"], "shape 'nope' must be BATCHxTOKENS"),
+        ("student_step_overhead", ["--shapes", "0x26"], "needs a batch and tokens of 1 or more"),
+        ("student_step_overhead", ["--steps", "0"], "--steps and --rounds must be 1 or more"),
     ],
 )
-def test_malloc_state_refuses_bad_options(argv, message, capsys, monkeypatch):
-    monkeypatch.syspath_prepend(str(BENCHMARKS))  # it imports textbrewer_compare
+def test_benchmark_scripts_refuse_bad_options(script, argv, message, capsys, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))  # both import textbrewer_compare
     with pytest.raises(SystemExit) as exit_info:
-        _script("malloc_state").parse_args(argv)
-    assert exit_info.value.code == 2
-    assert message in capsys.readouterr().err
-
-
-@pytest.mark.parametrize(
-    ("argv", "message"),
-    [
-        (["--shapes", "32x26,nope"], "shape 'nope' must be BATCHxTOKENS"),
-        (["--shapes", "0x26"], "needs a batch and tokens of 1 or more"),
-        (["--steps", "0"], "--steps and --rounds must be 1 or more"),
-    ],
-)
-def test_student_step_overhead_refuses_bad_options(argv, message, capsys, monkeypatch):
-    monkeypatch.syspath_prepend(str(BENCHMARKS))  # it imports textbrewer_compare
-    with pytest.raises(SystemExit) as exit_info:
-        _script("student_step_overhead").parse_args(argv)
+        _script(script).parse_args(argv)
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
 
