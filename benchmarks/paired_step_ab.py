@@ -61,7 +61,7 @@ def main() -> None:
     p.add_argument("--train-examples", type=int, default=8000)
     args = p.parse_args()
     torch.set_num_threads(2)
-    width = fast_softmax.fast_width()
+    measured_width = fast_softmax.fast_width
     distillers = []
     make_distiller = distiller.LayerwiseDistiller.__init__
 
@@ -114,7 +114,7 @@ def main() -> None:
         elif args.change == "fast-exp":
             attention_from_projections._exp_log_probs = clamped_exp if on else torch.exp
         else:  # short-softmax
-            fast_softmax.fast_width = (lambda: width) if on else (lambda: 0)
+            fast_softmax.fast_width = measured_width if on else (lambda dtype=None: 0)
             F.softmax = fast_softmax.softmax if on else fast_softmax._torch_softmax
             F.log_softmax = fast_softmax.log_softmax if on else fast_softmax._torch_log_softmax
 

@@ -14,8 +14,8 @@ from .conftest import tiny_config
 
 @pytest.fixture
 def width16(monkeypatch):
-    """As measured on AVX-512 CPUs: rows under 16 values take the slow path."""
-    monkeypatch.setattr(fast_softmax, "fast_width", lambda: 16)
+    """As measured on AVX-512 CPUs for fp32: rows under 16 values take the slow path."""
+    monkeypatch.setattr(fast_softmax, "fast_width", lambda dtype=torch.float32: 16)
 
 
 @pytest.mark.parametrize("length", [1, 5, 15, 16, 23])
@@ -54,7 +54,7 @@ def test_the_switch_patches_and_restores(width16):
 
 
 def test_nothing_is_switched_where_no_slow_path_was_measured(monkeypatch):
-    monkeypatch.setattr(fast_softmax, "fast_width", lambda: 0)
+    monkeypatch.setattr(fast_softmax, "fast_width", lambda dtype=torch.float32: 0)
     with fast_cpu_softmax() as on:
         assert not on and F.softmax is not softmax
     assert softmax(torch.randn(4, 3), -1).shape == (4, 3)
@@ -74,5 +74,31 @@ def test_eager_attention_gives_the_same_outputs_under_the_switch(width16):
     assert torch.allclose(got, expected, atol=1e-6)
 
 
-def test_the_measured_width_is_a_candidate_or_zero():
-    assert fast_softmax.fast_width() in (0, *fast_softmax.CANDIDATE_WIDTHS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_measured_width_is_a_candidate_or_zero(dtype):
+    assert fast_softmax.fast_width(dtype) in (0, *fast_softmax.CANDIDATE_WIDTHS)
+
+
+def test_rows_are_padded_to_the_width_of_the_dtype_softmax_runs_in(monkeypatch):
+    """bf16 vectors hold twice as many values: as measured on AVX-512 CPUs, bf16 rows are
+    padded to 32 and fp32 rows to 16; a ``dtype=`` argument is the dtype that counts."""
+    widths = {torch.float32: 16, torch.bfloat16: 32}
+    monkeypatch.setattr(fast_softmax, "fast_width", lambda dtype=torch.float32: widths[dtype])
+    seen = []
+
+    def spy(x, dim=None, _stacklevel=3, dtype=None):
+        seen.append(x.shape[-1])
+        return torch.softmax(x, dim, dtype=dtype)
+
+    monkeypatch.setattr(fast_softmax, "_torch_softmax", spy)
+    x = torch.randn(2, 3, 20).bfloat16()
+    assert torch.equal(softmax(x, -1), torch.softmax(x, -1))
+    assert torch.allclose(softmax(x, -1, dtype=torch.float32), torch.softmax(x.float(), -1))
+    assert seen == [32, 20]  # bf16 padded to 32; converted to fp32, 20 is past fp32's 16
+
+
+def test_the_switch_turns_on_where_only_bf16_has_a_slow_path(monkeypatch):
+    widths = {torch.float32: 0, torch.bfloat16: 32}
+    monkeypatch.setattr(fast_softmax, "fast_width", lambda dtype=torch.float32: widths[dtype])
+    with fast_cpu_softmax() as on:
+        assert on and F.softmax is softmax
