@@ -11,6 +11,7 @@ give the saving and its standard error.
     .venv/bin/python benchmarks/paired_step_ab.py fast-exp
     .venv/bin/python benchmarks/paired_step_ab.py cached-attention-side
     .venv/bin/python benchmarks/paired_step_ab.py zero-padding-keys
+    .venv/bin/python benchmarks/paired_step_ab.py softmax-width-per-dtype
 
 fused-attention: the attention terms of all mapped layers in one autograd Function, the
 teacher's side from the state cache (off: one layer at a time from the scores, the teacher's
@@ -22,8 +23,10 @@ once (off: rebuilt in the step from the teacher's q/k, fp16 as the cache held th
 are computed outside the timer, so the off side leaves out reading them: the saving is a lower
 bound). zero-padding-keys: the attention KL gradient multiplied by the mask of real
 (query, key) pairs (off: by the real query rows only, which leaves exp's ~1.6e-38 at the
-padding keys to be scaled into denormals before the gradient's batched matmuls). Both sides of
-a pair run with the same dropout masks.
+padding keys to be scaled into denormals before the gradient's batched matmuls).
+softmax-width-per-dtype: short rows padded to the width measured for their own dtype (bf16
+autocast's attention rows to bf16's; off: to fp32's width whatever the dtype, as before). Both
+sides of a pair run with the same dropout masks.
 """
 
 import argparse
@@ -52,6 +55,7 @@ CHANGES = (
     "fast-exp",
     "cached-attention-side",
     "zero-padding-keys",
+    "softmax-width-per-dtype",
 )
 
 
@@ -62,6 +66,10 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(2)
     measured_width = fast_softmax.fast_width
+
+    def fp32_width(dtype: torch.dtype = torch.float32) -> int:
+        return measured_width(torch.float32)
+
     distillers = []
     make_distiller = distiller.LayerwiseDistiller.__init__
 
@@ -113,6 +121,8 @@ def main() -> None:
             attention_from_projections.pair_mask = pair_mask if on else query_rows
         elif args.change == "fast-exp":
             attention_from_projections._exp_log_probs = clamped_exp if on else torch.exp
+        elif args.change == "softmax-width-per-dtype":
+            fast_softmax.fast_width = measured_width if on else fp32_width
         else:  # short-softmax
             fast_softmax.fast_width = measured_width if on else (lambda dtype=None: 0)
             F.softmax = fast_softmax.softmax if on else fast_softmax._torch_softmax
