@@ -91,8 +91,11 @@ def test_rows_are_padded_to_the_width_of_the_dtype_softmax_runs_in(monkeypatch):
         return torch.softmax(x, dim, dtype=dtype)
 
     monkeypatch.setattr(fast_softmax, "_torch_softmax", spy)
-    x = torch.randn(2, 3, 20).bfloat16()
-    assert torch.equal(softmax(x, -1), torch.softmax(x, -1))
+    x = torch.randn(2, 3, 20, generator=torch.Generator().manual_seed(0)).bfloat16()
+    # torch's bf16 vector and scalar paths may round differently in the last bit
+    got = softmax(x, -1)
+    assert got.dtype == torch.bfloat16
+    assert torch.allclose(got.float(), torch.softmax(x.float(), -1), atol=1e-2)
     assert torch.allclose(softmax(x, -1, dtype=torch.float32), torch.softmax(x.float(), -1))
     assert seen == [32, 20]  # bf16 padded to 32; converted to fp32, 20 is past fp32's 16
 
