@@ -15,10 +15,6 @@ def _script(name: str):
     return module
 
 
-def _textbrewer_compare():
-    return _script("textbrewer_compare")
-
-
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
@@ -30,13 +26,13 @@ def _textbrewer_compare():
 )
 def test_textbrewer_compare_refuses_bad_options(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        _textbrewer_compare().parse_args(argv)
+        _script("textbrewer_compare").parse_args(argv)
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
 
 
 def test_textbrewer_compare_defaults_run_every_row_once():
-    module = _textbrewer_compare()
+    module = _script("textbrewer_compare")
     args = module.parse_args([])
     assert args.rows.split(",") == list(module.ROWS) and args.rounds == 1 and args.seeds == [0]
     assert args.threads == 2
@@ -44,12 +40,12 @@ def test_textbrewer_compare_defaults_run_every_row_once():
 
 
 def test_textbrewer_compare_recipe_takes_the_seed():
-    assert _textbrewer_compare().recipe(100, 1, "cache", "bf16", seed=2)["seed"] == 2
+    assert _script("textbrewer_compare").recipe(100, 1, "cache", "bf16", seed=2)["seed"] == 2
 
 
 def test_textbrewer_compare_runs_each_row_in_its_own_process(tmp_path, monkeypatch):
     """A row's child process gets the row, seed, threads and sizes; its result comes back."""
-    module = _textbrewer_compare()
+    module = _script("textbrewer_compare")
     calls = []
 
     def fake_run(cmd, check):
@@ -66,7 +62,7 @@ def test_textbrewer_compare_runs_each_row_in_its_own_process(tmp_path, monkeypat
 
 
 def test_textbrewer_compare_child_runs_one_row(tmp_path, monkeypatch):
-    module = _textbrewer_compare()
+    module = _script("textbrewer_compare")
     seen = []
     monkeypatch.setitem(
         module.ROWS, "textbrewer", lambda n, e, w, s: seen.append((n, e, w, s)) or {"ok": 1}

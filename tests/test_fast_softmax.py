@@ -105,3 +105,12 @@ def test_the_switch_turns_on_where_only_bf16_has_a_slow_path(monkeypatch):
     monkeypatch.setattr(fast_softmax, "fast_width", lambda dtype=torch.float32: widths[dtype])
     with fast_cpu_softmax() as on:
         assert on and F.softmax is softmax
+
+
+def test_a_non_float_dtype_argument_gets_torchs_own_error(width16):
+    x = torch.randn(2, 5)
+    with pytest.raises(RuntimeError) as ours:
+        softmax(x, -1, dtype=torch.int64)
+    with pytest.raises(RuntimeError) as torchs:
+        torch.softmax(x, -1, dtype=torch.int64)
+    assert str(ours.value) == str(torchs.value)

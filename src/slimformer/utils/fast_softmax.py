@@ -8,9 +8,9 @@ Padding the rows with -inf up to that width gives the same values (the padding g
 in a fraction of the time, gradient included (0.25 against 1.03 ms forward + backward at 14).
 The width depends on the dtype: a bf16 vector holds twice as many values, and on this
 project's Intel Xeon (AMX) bf16 rows under 32 values were slow (forward + backward over
-(32, 12, 26, 26): 1.68 ms, against 0.68 ms padded to 32), which bf16 autocast's eager attention
-runs into. So the width where the fast path starts is measured once per process and dtype, not
-assumed from the CPU.
+(32, 12, 26, 26): 1.3 ms, against 0.4 ms padded to 32; benchmarks/softmax_row_widths.py), which
+bf16 autocast's eager attention runs into. So the width where the fast path starts is
+measured once per process and dtype, not assumed from the CPU.
 """
 
 import functools
@@ -72,6 +72,8 @@ def _padded(fn, input: torch.Tensor, dim, kwargs) -> torch.Tensor | None:
     if input.dim() == 0 or dim not in (-1, input.dim() - 1):
         return None
     dtype = kwargs.get("dtype") or input.dtype  # torch converts to it before the softmax
+    if not dtype.is_floating_point:  # torch's own call gives the error
+        return None
     length, width = input.shape[-1], fast_width(dtype)
     if not 0 < length < width:
         return None
