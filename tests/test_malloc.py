@@ -23,13 +23,18 @@ def allocate():  # a step buffer: allocated, touched, freed
     torch.ones(megabytes * 1024 * 1024 // 4).sum()
 
 def faults_per_page():
-    for _ in range(10):  # the heap settles after a few rounds
-        allocate()
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    # the median round: the heap takes a few rounds to settle (glibc places the small
+    # allocations around the big block differently until it does), and an odd round after
+    # the warm-up may still fault its whole buffer in (seen in CI: 3 rounds of 10)
     for _ in range(10):
         allocate()
-    faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 10
-    return faults / (megabytes * 1024 * 1024 / resource.getpagesize())
+    rounds = []
+    for _ in range(21):
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        allocate()
+        rounds.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    pages = megabytes * 1024 * 1024 / resource.getpagesize()
+    return sorted(rounds)[len(rounds) // 2] / pages
 
 if mode == "after":  # a training block came and went; then other work in the same process
     with keep_freed_memory(True):
