@@ -25,6 +25,7 @@ def sample(name: str, **kw):
         ("xeon_sapphire_rapids_amx.txt", "x86_64", "amx_bf16", "amx_int8", 2),
         ("xeon_sapphire_rapids_vm_no_amx.txt", "x86_64", "avx512_bf16", "avx512_vnni", 2),
         ("epyc_genoa_zen4.txt", "x86_64", "avx512_bf16", "avx512_vnni", 2),
+        ("epyc_turin_zen5_kvm.txt", "x86_64", "avx512_bf16", "avx512_vnni", 2),
         ("xeon_haswell_avx2.txt", "x86_64", None, None, 2),
         ("graviton3_neoverse_v1.txt", "aarch64", "arm_bf16", "arm_i8mm", 2),
     ],
@@ -34,6 +35,12 @@ def test_parse_recorded_cpuinfo(name, arch, bf16, int8, cores):
     assert (cpu.arch, cpu.bf16_unit, cpu.int8_unit, cpu.physical_cores) == (arch, bf16, int8, cores)
     report = cpu.as_report()
     assert report["model_name"] and report["features"] == sorted(cpu.features)
+
+
+def test_the_name_carries_family_and_model_where_cpuinfo_gives_them():
+    # this KVM guest names its Zen 5 "AMD EPYC", as another names its Zen 4
+    assert sample("epyc_turin_zen5_kvm.txt").name == "AMD EPYC (family 26, model 2)"
+    assert sample("graviton3_neoverse_v1.txt").name == "ARM CPU"
 
 
 def test_haswell_has_avx2_but_no_matrix_units():

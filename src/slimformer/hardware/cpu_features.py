@@ -43,6 +43,16 @@ class CpuFeatures:
     physical_cores: int
     features: frozenset[str] = field(default_factory=frozenset)
     hidden: frozenset[str] = field(default_factory=frozenset)
+    # x86 ``cpu family`` / ``model``: a KVM guest may name every EPYC generation "AMD EPYC"
+    family: int | None = None
+    model: int | None = None
+
+    @property
+    def name(self) -> str:
+        """The model name, with family and model where cpuinfo gives them."""
+        if self.family is None or self.model is None:
+            return self.model_name
+        return f"{self.model_name} (family {self.family}, model {self.model})"
 
     def has(self, feature: str) -> bool:
         return feature in self.features
@@ -77,6 +87,7 @@ def parse_cpuinfo(
 ) -> CpuFeatures:
     """Parse ``/proc/cpuinfo`` text (x86 or ARM). ``hidden``: features to treat as absent."""
     model, features, processors, cores = "", set(), 0, set()
+    family = model_number = None
     physical_id = core_id = ""
     for line in text.splitlines():
         key = line.split(":", 1)[0].strip()
@@ -84,6 +95,12 @@ def parse_cpuinfo(
             processors += 1
         elif key == "model name" and not model:
             model = line.split(":", 1)[1].strip()
+        elif key in ("cpu family", "model") and line.split(":", 1)[1].strip().isdigit():
+            number = int(line.split(":", 1)[1])
+            if key == "cpu family" and family is None:
+                family = number
+            elif key == "model" and model_number is None:
+                model_number = number
         elif key in ("flags", "Features") and not features:
             features = _features_from_line(line)
         elif key == "physical id":
@@ -102,6 +119,8 @@ def parse_cpuinfo(
         physical_cores=len(cores) or processors or 1,
         features=frozenset(features - hidden),
         hidden=frozenset(hidden & features),
+        family=family,
+        model=model_number,
     )
 
 
@@ -130,4 +149,4 @@ def detect_cpu() -> CpuFeatures:
 
 def cpu_name() -> str:
     """Name the CPU beside every timing: numbers from different machines are not comparable."""
-    return detect_cpu().model_name
+    return detect_cpu().name
