@@ -23,9 +23,9 @@ def allocate():  # a step buffer: allocated, touched, freed
     torch.ones(megabytes * 1024 * 1024 // 4).sum()
 
 def faults_per_page():
-    # the median round: the heap takes a few rounds to settle (glibc places the small
-    # allocations around the big block differently until it does), and an odd round after
-    # the warm-up may still fault its whole buffer in (seen in CI: 3 rounds of 10)
+    # the median round: the first rounds fault the whole buffer in or none of it, until
+    # the heap settles (up to the 8th round in local runs), and CI once saw 3 of 10 rounds
+    # after this warm-up fault theirs in
     for _ in range(10):
         allocate()
     rounds = []
