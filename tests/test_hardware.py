@@ -41,6 +41,9 @@ def test_the_name_carries_family_and_model_where_cpuinfo_gives_them():
     # this KVM guest names its Zen 5 "AMD EPYC", as another names its Zen 4
     assert sample("epyc_turin_zen5_kvm.txt").name == "AMD EPYC (family 26, model 2)"
     assert sample("graviton3_neoverse_v1.txt").name == "ARM CPU"
+    # a family or model that is not a number is left out, not an error
+    garbled = parse_cpuinfo("model name\t: AMD EPYC\ncpu family\t: ?\nmodel\t\t: 2\n")
+    assert (garbled.family, garbled.model, garbled.name) == (None, 2, "AMD EPYC")
 
 
 def test_haswell_has_avx2_but_no_matrix_units():

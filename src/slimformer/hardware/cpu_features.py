@@ -90,23 +90,21 @@ def parse_cpuinfo(
     family = model_number = None
     physical_id = core_id = ""
     for line in text.splitlines():
-        key = line.split(":", 1)[0].strip()
+        key, _, value = (part.strip() for part in line.partition(":"))
         if key == "processor":
             processors += 1
         elif key == "model name" and not model:
-            model = line.split(":", 1)[1].strip()
-        elif key in ("cpu family", "model") and line.split(":", 1)[1].strip().isdigit():
-            number = int(line.split(":", 1)[1])
-            if key == "cpu family" and family is None:
-                family = number
-            elif key == "model" and model_number is None:
-                model_number = number
+            model = value
+        elif key == "cpu family" and family is None and value.isdigit():
+            family = int(value)
+        elif key == "model" and model_number is None and value.isdigit():
+            model_number = int(value)
         elif key in ("flags", "Features") and not features:
             features = _features_from_line(line)
         elif key == "physical id":
-            physical_id = line.split(":", 1)[1].strip()
+            physical_id = value
         elif key == "core id":
-            core_id = line.split(":", 1)[1].strip()
+            core_id = value
             cores.add((physical_id, core_id))
     arch = arch or ("aarch64" if any(f.startswith("arm_") for f in features) else "x86_64")
     if not model and arch == "aarch64":
