@@ -86,15 +86,15 @@ def parse_cpuinfo(
     text: str, arch: str | None = None, hidden: set[str] | None = None
 ) -> CpuFeatures:
     """Parse ``/proc/cpuinfo`` text (x86 or ARM). ``hidden``: features to treat as absent."""
-    model, features, processors, cores = "", set(), 0, set()
+    model_name, features, processors, cores = "", set(), 0, set()
     family = model_number = None
     physical_id = core_id = ""
     for line in text.splitlines():
         key, _, value = (part.strip() for part in line.partition(":"))
         if key == "processor":
             processors += 1
-        elif key == "model name" and not model:
-            model = value
+        elif key == "model name" and not model_name:
+            model_name = value
         elif key == "cpu family" and family is None and value.isdigit():
             family = int(value)
         elif key == "model" and model_number is None and value.isdigit():
@@ -107,11 +107,11 @@ def parse_cpuinfo(
             core_id = value
             cores.add((physical_id, core_id))
     arch = arch or ("aarch64" if any(f.startswith("arm_") for f in features) else "x86_64")
-    if not model and arch == "aarch64":
-        model = "ARM CPU"
+    if not model_name and arch == "aarch64":
+        model_name = "ARM CPU"
     hidden = _expand_hidden(hidden or set())
     return CpuFeatures(
-        model_name=model or platform.processor() or arch,
+        model_name=model_name or platform.processor() or arch,
         arch=arch,
         logical_cpus=processors or 1,
         physical_cores=len(cores) or processors or 1,
