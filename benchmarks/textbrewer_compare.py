@@ -290,6 +290,7 @@ ROWS = {  # name -> (train_examples, epochs, work, seed) -> row
     "textbrewer": lambda n, e, w, s: run_textbrewer(n, e, w, seed=s),
     "textbrewer-heap": lambda n, e, w, s: run_textbrewer(n, e, w, keep_freed_memory=True, seed=s),
     "online-fp32": lambda n, e, w, s: run_slimformer(n, e, "online", w, seed=s),
+    "online-bf16": lambda n, e, w, s: run_slimformer(n, e, "online", w, "bf16", seed=s),
     "cache-fp32": lambda n, e, w, s: run_slimformer(n, e, "cache", w, seed=s),
     "cache-bf16": lambda n, e, w, s: run_slimformer(n, e, "cache", w, "bf16", seed=s),
     "cache-bf16-torch-dropout": lambda n, e, w, s: run_slimformer(
